@@ -1,0 +1,67 @@
+/* control — see control.h. */
+#include "control.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "frame.h"
+#include "log.h"
+
+static int control_status(struct sup *sup, Cqrs__Reply *r, struct evbuffer *out)
+{
+    size_t n = sup_count(sup);
+    Cqrs__ChildInfo *infos = calloc(n ? n : 1, sizeof *infos);
+    Cqrs__ChildInfo **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+    if (!infos || !ptrs) {
+        free(infos);
+        free(ptrs);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct child *c = sup_child(sup, i);
+        cqrs__child_info__init(&infos[i]);
+        infos[i].name = c->name;
+        infos[i].pid = (int32_t)c->pid;
+        infos[i].state = (char *)sup_state_name(c);
+        infos[i].restarts = c->restarts;
+        infos[i].started_at_us = c->started_at_us;
+        infos[i].last_exit = c->last_exit;
+        ptrs[i] = &infos[i];
+    }
+    r->n_children = n;
+    r->children = ptrs;
+    int rc = frame_put(out, NULL, &r->base);
+    free(infos);
+    free(ptrs);
+    return rc;
+}
+
+int control_reply(struct sup *sup, uint64_t id, const Cqrs__Control *ctl, struct evbuffer *out)
+{
+    Cqrs__Reply r = CQRS__REPLY__INIT;
+    char msg[200];
+    r.id = id;
+    if (ctl->op == CQRS__CONTROL__OP__STATUS)
+        return control_status(sup, &r, out);
+
+    struct child *c = sup_find(sup, ctl->child);
+    if (ctl->op != CQRS__CONTROL__OP__KILL && ctl->op != CQRS__CONTROL__OP__RESTART) {
+        r.status = CQRS__STATUS__INVALID;
+        snprintf(msg, sizeof msg, "unknown control operation %d", (int)ctl->op);
+    } else if (!c) {
+        r.status = CQRS__STATUS__INVALID;
+        snprintf(msg, sizeof msg, "no child named \"%.64s\"", ctl->child);
+    } else if (c->pid <= 0) {
+        r.status = CQRS__STATUS__UNAVAILABLE;
+        snprintf(msg, sizeof msg, "child %s is not running", c->name);
+    } else {
+        int sig = ctl->op == CQRS__CONTROL__OP__KILL ? SIGKILL : SIGTERM;
+        log_info("control: sending signal %d to child %s (pid %d)", sig, c->name, (int)c->pid);
+        kill(c->pid, sig);
+        msg[0] = '\0';
+    }
+    r.error = msg;
+    return frame_put(out, NULL, &r.base);
+}

@@ -1,0 +1,372 @@
+/* router — see router.h. */
+#include "router.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uthash.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
+
+#include "aggregate.h"
+#include "control.h"
+#include "cqrs.pb-c.h"
+#include "frame.h"
+#include "log.h"
+
+struct conn {
+    uint64_t id;
+    struct bufferevent *bev;
+    struct router *router;
+    int closing;              /* flush what is queued, then close */
+    UT_hash_handle hh;
+};
+
+struct pending {              /* a request inside (or held for) a worker */
+    uint64_t tag;
+    uint64_t conn_id;
+    uint64_t req_id;
+    struct child *child;
+    UT_hash_handle hh;
+};
+
+struct router {
+    struct event_base *base;
+    struct router_config cfg;
+    char *path;
+    struct evconnlistener *listener;
+    struct sup *sup;
+    struct conn *conns;
+    struct pending *pending;
+    uint64_t next_conn, next_tag;
+};
+
+static void router_conn_free(struct conn *c)
+{
+    HASH_DEL(c->router->conns, c);
+    bufferevent_free(c->bev);
+    free(c);
+}
+
+__attribute__((format(printf, 4, 5)))
+static void router_error(struct conn *c, uint64_t req_id, Cqrs__Status st, const char *fmt, ...)
+{
+    char msg[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    Cqrs__Reply r = CQRS__REPLY__INIT;
+    r.id = req_id;
+    r.status = st;
+    r.error = msg;
+    if (frame_put(bufferevent_get_output(c->bev), NULL, &r.base) < 0)
+        c->closing = 1;
+}
+
+/* Answers request `p` with `st` and forgets it. */
+static void router_answer(struct router *r, struct pending *p, Cqrs__Status st, const char *why)
+{
+    struct conn *c;
+    HASH_FIND(hh, r->conns, &p->conn_id, sizeof p->conn_id, c);
+    if (c && !c->closing)
+        router_error(c, p->req_id, st, "%s", why);
+    HASH_DEL(r->pending, p);
+    free(p);
+}
+
+static void router_route(struct router *r, struct conn *c, uint64_t req_id, const char *type,
+                         const char *id, const uint8_t *body, uint32_t len)
+{
+    struct child *ch = sup_find(r->sup, type);
+    if (!ch) {
+        router_error(c, req_id, CQRS__STATUS__INVALID, "unknown aggregate type \"%.64s\"", type);
+        return;
+    }
+    if (agg_id_valid(id, strlen(id)) < 0) {
+        router_error(c, req_id, CQRS__STATUS__INVALID,
+                     "aggregate id must be 1 to 128 of A-Z a-z 0-9 . _ - and not . or ..");
+        return;
+    }
+    struct pending *p = malloc(sizeof *p);
+    if (!p) {
+        router_error(c, req_id, CQRS__STATUS__BUSY, "cqrsd is out of memory");
+        return;
+    }
+    *p = (struct pending){ .tag = ++r->next_tag, .conn_id = c->id, .req_id = req_id, .child = ch };
+    if (sup_send(ch, p->tag, body, len) < 0) {
+        free(p);
+        router_error(c, req_id, CQRS__STATUS__BUSY, "the %s worker has too many requests waiting",
+                     ch->name);
+        return;
+    }
+    HASH_ADD(hh, r->pending, tag, sizeof p->tag, p);
+}
+
+static void router_on_frame(struct router *r, struct conn *c, const uint8_t *body, uint32_t len)
+{
+    Cqrs__Request *req = cqrs__request__unpack(NULL, len, body);
+    if (!req) {
+        router_error(c, 0, CQRS__STATUS__INVALID, "request does not decode as cqrs.Request");
+        return;
+    }
+    if (cqrs__request__get_packed_size(req) != len) {
+        /* protobuf-c ends strings at a NUL: "w1\0x" would become "w1" */
+        router_error(c, req->id, CQRS__STATUS__INVALID,
+                     "request has a string with a NUL byte or a non-canonical encoding");
+    } else {
+        switch (req->body_case) {
+        case CQRS__REQUEST__BODY_COMMAND:
+            if (!req->command->name[0])
+                router_error(c, req->id, CQRS__STATUS__INVALID, "command has no name");
+            else
+                router_route(r, c, req->id, req->command->aggregate_type,
+                             req->command->aggregate_id, body, len);
+            break;
+        case CQRS__REQUEST__BODY_QUERY:
+            router_route(r, c, req->id, req->query->aggregate_type, req->query->aggregate_id,
+                         body, len);
+            break;
+        case CQRS__REQUEST__BODY_CONTROL:
+            if (control_reply(r->sup, req->id, req->control, bufferevent_get_output(c->bev)) < 0)
+                c->closing = 1;
+            break;
+        default:
+            router_error(c, req->id, CQRS__STATUS__INVALID,
+                         "request has no command, query or control");
+        }
+    }
+    cqrs__request__free_unpacked(req, NULL);
+}
+
+static void router_on_write(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        router_conn_free(c);
+}
+
+static void router_on_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct router *r = c->router;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    struct frame f;
+    enum frame_status st;
+    while (!c->closing && (st = frame_next(in, r->cfg.max_frame, &f)) == FRAME_OK) {
+        router_on_frame(r, c, f.body, f.len);
+        frame_consume(in, &f);
+    }
+    if (!c->closing && st == FRAME_TOO_BIG) {
+        router_error(c, 0, CQRS__STATUS__INVALID, "frame of %u bytes is over the limit of %u bytes",
+                     f.len, r->cfg.max_frame);
+        c->closing = 1;
+    }
+    if (c->closing) {
+        bufferevent_disable(bev, EV_READ);
+        evbuffer_drain(in, evbuffer_get_length(in));
+        router_on_write(bev, c);
+    }
+}
+
+static void router_on_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+        router_conn_free(arg);   /* its pending replies are dropped on arrival */
+}
+
+static void router_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                             int salen, void *arg)
+{
+    struct router *r = arg;
+    (void)l;
+    (void)sa;
+    (void)salen;
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c || !(c->bev = bufferevent_socket_new(r->base, fd, BEV_OPT_CLOSE_ON_FREE))) {
+        log_error("out of memory accepting a connection");
+        free(c);
+        close(fd);
+        return;
+    }
+    c->id = ++r->next_conn;
+    c->router = r;
+    bufferevent_set_max_single_read(c->bev, 256 << 10);
+    bufferevent_setcb(c->bev, router_on_read, router_on_write, router_on_event, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    HASH_ADD(hh, r->conns, id, sizeof c->id, c);
+}
+
+static void router_on_listen_error(struct evconnlistener *l, void *arg)
+{
+    (void)l;
+    (void)arg;
+    log_error("accept: %s", strerror(errno));   /* e.g. EMFILE: libevent retries */
+}
+
+/* ---- supervisor hooks ---------------------------------------------------- */
+
+static void router_on_reply(void *arg, struct child *ch, uint64_t tag, const uint8_t *body, size_t len)
+{
+    struct router *r = arg;
+    struct pending *p;
+    HASH_FIND(hh, r->pending, &tag, sizeof tag, p);
+    if (!p || p->child != ch) {
+        log_warn("child %s answered unknown request %llu; ignored", ch->name, (unsigned long long)tag);
+        return;
+    }
+    struct conn *c;
+    HASH_FIND(hh, r->conns, &p->conn_id, sizeof p->conn_id, c);
+    if (c && !c->closing && frame_put_bytes(bufferevent_get_output(c->bev), NULL, body, len) < 0)
+        c->closing = 1;
+    HASH_DEL(r->pending, p);
+    free(p);
+}
+
+/* Answers every pending request of `ch` with UNAVAILABLE. */
+static void router_fail_child(void *arg, struct child *ch, const char *reason)
+{
+    struct router *r = arg;
+    char why[300];
+    snprintf(why, sizeof why, "%s; the command may or may not have been applied: retry it "
+             "with the same command_id", reason);
+    struct pending *p, *tmp;
+    HASH_ITER(hh, r->pending, p, tmp) {
+        if (p->child == ch)
+            router_answer(r, p, CQRS__STATUS__UNAVAILABLE, why);
+    }
+}
+
+static void router_on_expire(void *arg, struct child *ch, const char *reason)
+{
+    struct router *r = arg;
+    struct pending *p, *tmp;
+    HASH_ITER(hh, r->pending, p, tmp) {
+        if (p->child == ch)
+            router_answer(r, p, CQRS__STATUS__UNAVAILABLE, reason);
+    }
+}
+
+static void router_on_booted(void *arg)
+{
+    struct router *r = arg;
+    evconnlistener_enable(r->listener);
+    log_info("listening on %s", r->path);
+}
+
+struct sup_hooks router_sup_hooks(struct router *r)
+{
+    return (struct sup_hooks){ .arg = r, .reply = router_on_reply, .down = router_fail_child,
+                               .expire = router_on_expire, .booted = router_on_booted };
+}
+
+void router_set_sup(struct router *r, struct sup *sup)
+{
+    r->sup = sup;
+}
+
+/* ---- the socket ----------------------------------------------------------- */
+
+/* A socket file left by a dead cqrsd is removed; a live one is refused. */
+static int router_bind(const char *path)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof sa.sun_path) {
+        log_error("socket path %s is too long", path);
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        log_error("socket: %s", strerror(errno));
+        return -1;
+    }
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno == EADDRINUSE) {
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
+        if (probe >= 0)
+            close(probe);
+        if (live) {
+            log_error("another cqrsd is already listening on %s", path);
+            close(fd);
+            return -1;
+        }
+        unlink(path);
+        errno = 0;
+        if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+            goto fail;
+    } else if (errno && errno != EADDRINUSE) {
+        goto fail;
+    }
+    if (listen(fd, 128) < 0)
+        goto fail;
+    return fd;
+fail:
+    log_error("cannot listen on %s: %s", path, strerror(errno));
+    close(fd);
+    return -1;
+}
+
+struct router *router_new(struct event_base *base, const struct router_config *cfg)
+{
+    struct router *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->base = base;
+    r->cfg = *cfg;
+    r->path = strdup(cfg->socket_path);
+    errno = 0;
+    int fd = r->path ? router_bind(r->path) : -1;
+    if (fd < 0) {
+        free(r->path);
+        free(r);
+        return NULL;
+    }
+    r->listener = evconnlistener_new(base, router_on_accept, r,
+                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+                                     LEV_OPT_DISABLED, -1, fd);
+    if (!r->listener) {
+        log_error("cannot set up the listener");
+        close(fd);
+        unlink(r->path);
+        free(r->path);
+        free(r);
+        return NULL;
+    }
+    evconnlistener_set_error_cb(r->listener, router_on_listen_error);
+    return r;
+}
+
+void router_close_listener(struct router *r)
+{
+    if (r->listener) {
+        evconnlistener_free(r->listener);
+        r->listener = NULL;
+        unlink(r->path);
+    }
+}
+
+void router_free(struct router *r)
+{
+    if (!r)
+        return;
+    router_close_listener(r);
+    struct conn *c, *ctmp;
+    HASH_ITER(hh, r->conns, c, ctmp)
+        router_conn_free(c);
+    struct pending *p, *ptmp;
+    HASH_ITER(hh, r->pending, p, ptmp) {
+        HASH_DEL(r->pending, p);
+        free(p);
+    }
+    free(r->path);
+    free(r);
+}

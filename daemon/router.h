@@ -1,0 +1,37 @@
+/*
+ * router — the client side of cqrsd: the listening Unix socket, one
+ * connection per client, and the table that maps each request in a worker
+ * back to its connection.
+ *
+ * For each request frame the router decodes the envelope only (type, id,
+ * body kind), refuses what is malformed with INVALID, answers control
+ * requests itself, and forwards the frame, unchanged, to the worker of the
+ * aggregate type under a fresh tag. A worker's reply already carries the
+ * client's request id, so it goes back to the connection unchanged.
+ * Requests in a worker that dies are answered UNAVAILABLE.
+ */
+#ifndef CQRS_ROUTER_H
+#define CQRS_ROUTER_H
+
+#include <stdint.h>
+#include <event2/event.h>
+
+#include "sup.h"
+
+struct router_config {
+    const char *socket_path;
+    uint32_t max_frame;
+};
+
+struct router;
+
+/* Binds the socket (not yet accepting). NULL with a logged reason. */
+struct router *router_new(struct event_base *base, const struct router_config *cfg);
+void router_free(struct router *r);
+void router_set_sup(struct router *r, struct sup *sup);
+/* The hooks to give the supervisor. */
+struct sup_hooks router_sup_hooks(struct router *r);
+/* Stops accepting new connections (shutdown). */
+void router_close_listener(struct router *r);
+
+#endif

@@ -1,0 +1,100 @@
+/*
+ * aggregate — the interface every aggregate type implements, and the registry.
+ *
+ * An aggregate type is one C file (worker/aggregates/<name>.c) holding its
+ * name, its protobuf-c descriptors and two pure functions in the decider
+ * shape:
+ *
+ *   decide(state, command) -> events | rejection   (never touches state)
+ *   evolve(state, event)   -> state                 (updates state in place)
+ *
+ * plus `validate`, the first of the two checks of a command's life cycle
+ * (payload fields inside their domain, no state needed: INVALID), while
+ * decide makes the second (business rules against the state: REJECTED).
+ *
+ * The state is the type's own C struct, opaque to the host; `state_pack`
+ * turns it into the type's state message for STATE queries. Events are
+ * emitted as protobuf messages and packed at once (agg_emit), so a decider
+ * can build them on the stack.
+ *
+ * The registry (worker/aggregates/registry.c) is the one table listing
+ * every type; adding a type touches its file, its .proto and one line there.
+ */
+#ifndef CQRS_AGGREGATE_H
+#define CQRS_AGGREGATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <protobuf-c/protobuf-c.h>
+
+#define AGG_MAX_EVENTS 16      /* events one command may produce */
+#define AGG_ERROR_MAX 256      /* one sentence */
+#define AGG_ID_MAX 128         /* aggregate id length */
+
+/* One emitted event, packed. */
+struct agg_event {
+    const ProtobufCMessageDescriptor *desc;
+    uint8_t *data;
+    size_t len;
+};
+
+/* What decide produces: events, or a rejection sentence in `error`. */
+struct agg_decision {
+    struct agg_event events[AGG_MAX_EVENTS];
+    size_t n_events;
+    char error[AGG_ERROR_MAX];
+};
+
+enum agg_verdict {
+    AGG_ACCEPT = 0,    /* zero or more events in the decision */
+    AGG_REJECT = 1,    /* a business rule said no; reason in decision.error */
+};
+
+struct aggregate_type {
+    const char *name;                                   /* "wallet" */
+    const ProtobufCMessageDescriptor *state_desc;       /* WalletState */
+    const ProtobufCMessageDescriptor *const *commands;  /* NULL-terminated */
+    const ProtobufCMessageDescriptor *const *events;    /* NULL-terminated */
+
+    void *(*state_new)(void);                 /* a new aggregate's state; NULL on ENOMEM */
+    void (*state_free)(void *state);
+    /* Packs the state message into `out`; returns bytes written. */
+    size_t (*state_pack)(const void *state, ProtobufCBuffer *out);
+
+    /* Payload check: 0 if every field is inside its domain, else -1 with one
+     * sentence in err (INVALID). */
+    int (*validate)(const ProtobufCMessage *cmd, char *err, size_t errlen);
+    /* Business rules: fills d with events (agg_emit) or a rejection. */
+    enum agg_verdict (*decide)(const void *state, const ProtobufCMessage *cmd,
+                               struct agg_decision *d);
+    /* Applies one event; returns 0, or -1 if the event cannot apply to this
+     * state (a log that contradicts the rules: the stream is corrupt). */
+    int (*evolve)(void *state, const ProtobufCMessage *event);
+};
+
+/* Packs `event` into the decision. Returns AGG_ACCEPT, or AGG_REJECT with an
+ * error sentence when out of memory or over AGG_MAX_EVENTS. */
+enum agg_verdict agg_emit(struct agg_decision *d, const ProtobufCMessage *event);
+
+/* Sets a rejection sentence (printf-style) and returns AGG_REJECT. */
+enum agg_verdict agg_reject(struct agg_decision *d, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Frees the packed events of a decision and resets it. */
+void agg_decision_clear(struct agg_decision *d);
+
+/* Looks a command or event descriptor up by its short name ("TopUp") in a
+ * NULL-terminated list; NULL if absent. */
+const ProtobufCMessageDescriptor *
+agg_find_desc(const ProtobufCMessageDescriptor *const *list, const char *name);
+
+/* 0 if `id` is a valid aggregate id (1..128 of [A-Za-z0-9._-], not "." or
+ * ".."), else -1. `len` is the id's length in bytes as received (so an
+ * embedded NUL is caught). */
+int agg_id_valid(const char *id, size_t len);
+
+/* The registry: NULL-terminated table, and lookup by type name. */
+extern const struct aggregate_type *const aggregate_registry[];
+const struct aggregate_type *aggregate_lookup(const char *name);
+
+#endif

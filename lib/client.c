@@ -1,0 +1,241 @@
+/* client — see client.h. */
+#include "client.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uthash.h>
+
+#include "frame.h"
+
+#define CLIENT_MAX_REPLY (64u << 20)
+
+struct parked {
+    uint64_t id;
+    Cqrs__Reply *reply;
+    UT_hash_handle hh;
+};
+
+struct cqrs_client {
+    int fd;
+    uint64_t next_id;
+    struct evbuffer *in, *out;
+    struct parked *parked;     /* replies read while waiting for another id */
+};
+
+struct cqrs_client *cqrs_client_connect(const char *path)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof sa.sun_path) {
+        errno = ENAMETOOLONG;
+        return NULL;
+    }
+    strcpy(sa.sun_path, path);
+    struct cqrs_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->next_id = 1;
+    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    c->in = evbuffer_new();
+    c->out = evbuffer_new();
+    if (c->fd < 0 || !c->in || !c->out ||
+        connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        cqrs_client_free(c);
+        errno = e;
+        return NULL;
+    }
+    return c;
+}
+
+void cqrs_client_free(struct cqrs_client *c)
+{
+    if (!c)
+        return;
+    struct parked *p, *tmp;
+    HASH_ITER(hh, c->parked, p, tmp) {
+        HASH_DEL(c->parked, p);
+        cqrs__reply__free_unpacked(p->reply, NULL);
+        free(p);
+    }
+    if (c->fd >= 0)
+        close(c->fd);
+    if (c->in)
+        evbuffer_free(c->in);
+    if (c->out)
+        evbuffer_free(c->out);
+    free(c);
+}
+
+int cqrs_client_fd(const struct cqrs_client *c)
+{
+    return c->fd;
+}
+
+int cqrs_client_send(struct cqrs_client *c, Cqrs__Request *req, uint64_t *id_out)
+{
+    req->id = c->next_id++;
+    if (id_out)
+        *id_out = req->id;
+    if (frame_put(c->out, NULL, &req->base) < 0)
+        return -1;
+    return frame_flush(c->out, c->fd);
+}
+
+/* Reads the next reply off the socket. */
+static int client_read_one(struct cqrs_client *c, Cqrs__Reply **out)
+{
+    struct frame f;
+    for (;;) {
+        enum frame_status st = frame_next(c->in, CLIENT_MAX_REPLY, &f);
+        if (st == FRAME_OK)
+            break;
+        if (st == FRAME_TOO_BIG) {
+            errno = EPROTO;
+            return -1;
+        }
+        int n = frame_fill(c->in, c->fd);
+        if (n < 0)
+            return -1;
+        if (n == 0) {
+            errno = ECONNRESET;
+            return -1;
+        }
+    }
+    *out = cqrs__reply__unpack(NULL, f.len, f.body);
+    frame_consume(c->in, &f);
+    if (!*out) {
+        errno = EPROTO;
+        return -1;
+    }
+    return 0;
+}
+
+int cqrs_client_recv_any(struct cqrs_client *c, Cqrs__Reply **out)
+{
+    if (c->parked) {
+        struct parked *p = c->parked;
+        HASH_DEL(c->parked, p);
+        *out = p->reply;
+        free(p);
+        return 0;
+    }
+    return client_read_one(c, out);
+}
+
+int cqrs_client_recv(struct cqrs_client *c, uint64_t id, Cqrs__Reply **out)
+{
+    struct parked *p;
+    HASH_FIND(hh, c->parked, &id, sizeof id, p);
+    if (p) {
+        HASH_DEL(c->parked, p);
+        *out = p->reply;
+        free(p);
+        return 0;
+    }
+    for (;;) {
+        Cqrs__Reply *r;
+        if (client_read_one(c, &r) < 0)
+            return -1;
+        if (r->id == id) {
+            *out = r;
+            return 0;
+        }
+        /* Replies with id 0 answer a frame the daemon could not read. */
+        p = malloc(sizeof *p);
+        if (!p) {
+            cqrs__reply__free_unpacked(r, NULL);
+            errno = ENOMEM;
+            return -1;
+        }
+        p->id = r->id;
+        p->reply = r;
+        struct parked *old;
+        HASH_REPLACE(hh, c->parked, id, sizeof p->id, p, old);
+        if (old) {
+            cqrs__reply__free_unpacked(old->reply, NULL);
+            free(old);
+        }
+    }
+}
+
+int cqrs_client_call(struct cqrs_client *c, Cqrs__Request *req, Cqrs__Reply **out)
+{
+    uint64_t id;
+    if (cqrs_client_send(c, req, &id) < 0)
+        return -1;
+    return cqrs_client_recv(c, id, out);
+}
+
+int cqrs_client_command(struct cqrs_client *c, const char *type, const char *id,
+                        const char *name, const uint8_t *payload, size_t len,
+                        const char *command_id, int64_t expected_version,
+                        Cqrs__Reply **out)
+{
+    Cqrs__Request req = CQRS__REQUEST__INIT;
+    Cqrs__Command cmd = CQRS__COMMAND__INIT;
+    cmd.aggregate_type = (char *)type;
+    cmd.aggregate_id = (char *)id;
+    cmd.name = (char *)name;
+    cmd.payload.data = (uint8_t *)payload;
+    cmd.payload.len = len;
+    if (command_id)
+        cmd.command_id = (char *)command_id;
+    if (expected_version >= 0) {
+        cmd.expected_case = CQRS__COMMAND__EXPECTED_EXPECTED_VERSION;
+        cmd.expected_version = (uint64_t)expected_version;
+    }
+    req.body_case = CQRS__REQUEST__BODY_COMMAND;
+    req.command = &cmd;
+    return cqrs_client_call(c, &req, out);
+}
+
+static int client_query(struct cqrs_client *c, const char *type, const char *id,
+                        Cqrs__Query__Kind kind, uint64_t from, uint32_t max,
+                        Cqrs__Reply **out)
+{
+    Cqrs__Request req = CQRS__REQUEST__INIT;
+    Cqrs__Query q = CQRS__QUERY__INIT;
+    q.aggregate_type = (char *)type;
+    q.aggregate_id = (char *)id;
+    q.kind = kind;
+    q.from_version = from;
+    q.max_count = max;
+    req.body_case = CQRS__REQUEST__BODY_QUERY;
+    req.query = &q;
+    return cqrs_client_call(c, &req, out);
+}
+
+int cqrs_client_state(struct cqrs_client *c, const char *type, const char *id,
+                      Cqrs__Reply **out)
+{
+    return client_query(c, type, id, CQRS__QUERY__KIND__STATE, 0, 0, out);
+}
+
+int cqrs_client_events(struct cqrs_client *c, const char *type, const char *id,
+                       uint64_t from_version, uint32_t max_count, Cqrs__Reply **out)
+{
+    return client_query(c, type, id, CQRS__QUERY__KIND__EVENTS, from_version, max_count, out);
+}
+
+int cqrs_client_control(struct cqrs_client *c, Cqrs__Control__Op op,
+                        const char *child, Cqrs__Reply **out)
+{
+    Cqrs__Request req = CQRS__REQUEST__INIT;
+    Cqrs__Control ctl = CQRS__CONTROL__INIT;
+    ctl.op = op;
+    if (child)
+        ctl.child = (char *)child;
+    req.body_case = CQRS__REQUEST__BODY_CONTROL;
+    req.control = &ctl;
+    return cqrs_client_call(c, &req, out);
+}
+
+const char *cqrs_status_name(Cqrs__Status s)
+{
+    const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(&cqrs__status__descriptor, (int)s);
+    return v ? v->name : "UNKNOWN";
+}

@@ -1,0 +1,55 @@
+/*
+ * client — the blocking client library of cqrsd, used by cqrsctl,
+ * cqrs-bench and the tests.
+ *
+ * One struct cqrs_client is one connection to the daemon's Unix socket.
+ * Requests may be pipelined: cqrs_client_send assigns each a fresh id and
+ * writes it at once; cqrs_client_recv returns the reply for one id, keeping
+ * replies that arrive for other ids until they are asked for. Replies are
+ * protobuf-c messages (free with cqrs__reply__free_unpacked(r, NULL)).
+ *
+ * Functions return 0 on success, -1 with errno set on failure (EPROTO: the
+ * daemon sent something that is not a valid reply; ECONNRESET: it closed
+ * the connection).
+ */
+#ifndef CQRS_CLIENT_H
+#define CQRS_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "cqrs.pb-c.h"
+
+struct cqrs_client;
+
+/* Connects to the daemon's socket at `path`. NULL with errno on failure. */
+struct cqrs_client *cqrs_client_connect(const char *path);
+void cqrs_client_free(struct cqrs_client *c);
+int cqrs_client_fd(const struct cqrs_client *c);
+
+/* Sends `req` with a fresh id (written into req->id and *id_out). */
+int cqrs_client_send(struct cqrs_client *c, Cqrs__Request *req, uint64_t *id_out);
+/* Waits for the reply to request `id`. */
+int cqrs_client_recv(struct cqrs_client *c, uint64_t id, Cqrs__Reply **out);
+/* Waits for the next reply, whatever its id (for pipelined clients). */
+int cqrs_client_recv_any(struct cqrs_client *c, Cqrs__Reply **out);
+/* send + recv. */
+int cqrs_client_call(struct cqrs_client *c, Cqrs__Request *req, Cqrs__Reply **out);
+
+/* Helpers that build and call the common requests. `payload` is the packed
+ * command message; `command_id` may be NULL; `expected_version` < 0 means
+ * "no expectation". */
+int cqrs_client_command(struct cqrs_client *c, const char *type, const char *id,
+                        const char *name, const uint8_t *payload, size_t len,
+                        const char *command_id, int64_t expected_version,
+                        Cqrs__Reply **out);
+int cqrs_client_state(struct cqrs_client *c, const char *type, const char *id,
+                      Cqrs__Reply **out);
+int cqrs_client_events(struct cqrs_client *c, const char *type, const char *id,
+                       uint64_t from_version, uint32_t max_count, Cqrs__Reply **out);
+int cqrs_client_control(struct cqrs_client *c, Cqrs__Control__Op op,
+                        const char *child, Cqrs__Reply **out);
+
+/* The Status enum value's name ("OK", "REJECTED", ...). */
+const char *cqrs_status_name(Cqrs__Status s);
+
+#endif

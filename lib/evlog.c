@@ -1,0 +1,325 @@
+/* evlog — see evlog.h for the file format and the recovery rules. */
+#include "evlog.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "crc32c.h"
+#include "frame.h"
+
+struct evlog {
+    int fd;
+    off_t size;           /* bytes written, magic included */
+    int dir_unsynced;     /* created by us: sync the directory entry once */
+    char *path;
+};
+
+static int evlog_pwrite_all(int fd, const uint8_t *p, size_t len, off_t off)
+{
+    while (len > 0) {
+        ssize_t n = pwrite(fd, p, len, off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+        off += n;
+    }
+    return 0;
+}
+
+static int evlog_read_all(int fd, uint8_t *p, size_t len, off_t off)
+{
+    while (len > 0) {
+        ssize_t n = pread(fd, p, len, off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0) {
+            errno = EIO;     /* the file is shorter than it was */
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+        off += n;
+    }
+    return 0;
+}
+
+static int evlog_corrupt(struct evlog_open_info *info, const char *fmt, off_t at)
+{
+    snprintf(info->detail, sizeof info->detail, fmt, (long long)at);
+    return EVLOG_CORRUPT;
+}
+
+static int evlog_all_zero(const uint8_t *p, size_t n)
+{
+    while (n--)
+        if (*p++)
+            return 0;
+    return 1;
+}
+
+/* Walks the records of buf[0..size); see the recovery rules in evlog.h.
+ * Sets *good_end to the end of the last good record. */
+static int evlog_scan(const uint8_t *buf, off_t size, evlog_replay_fn fn, void *arg,
+                      struct evlog_open_info *info, off_t *good_end)
+{
+    off_t pos = EVLOG_MAGIC_LEN;
+    while (pos < size) {
+        off_t left = size - pos;
+        if (left < EVLOG_HEADER_LEN)
+            break;                                  /* torn header */
+        uint32_t len = frame_get32(buf + pos);
+        uint32_t crc = frame_get32(buf + pos + 4);
+        if (len == 0 && evlog_all_zero(buf + pos, (size_t)left))
+            break;                                  /* zero-filled tail */
+        if (len == 0 || len > EVLOG_MAX_RECORD) {
+            if (len > EVLOG_MAX_RECORD && (off_t)len > left - EVLOG_HEADER_LEN)
+                break;                              /* runs past the end */
+            return evlog_corrupt(info, "record at byte %lld has an impossible length", pos);
+        }
+        if ((off_t)len > left - EVLOG_HEADER_LEN)
+            break;                                  /* runs past the end */
+        const uint8_t *payload = buf + pos + EVLOG_HEADER_LEN;
+        off_t end = pos + EVLOG_HEADER_LEN + len;
+        if (crc32c(0, payload, len) != crc) {
+            if (end == size)
+                break;                              /* torn last record */
+            return evlog_corrupt(info, "record at byte %lld fails its checksum", pos);
+        }
+        Cqrs__EventRecord *rec = cqrs__event_record__unpack(NULL, len, payload);
+        if (!rec)
+            return evlog_corrupt(info, "record at byte %lld does not decode", pos);
+        if (rec->version != info->records + 1) {
+            cqrs__event_record__free_unpacked(rec, NULL);
+            return evlog_corrupt(info, "record at byte %lld is out of version sequence", pos);
+        }
+        int rc = fn ? fn(arg, rec, pos, (size_t)(end - pos)) : 0;
+        cqrs__event_record__free_unpacked(rec, NULL);
+        if (rc != 0)
+            return rc;
+        info->records++;
+        pos = end;
+        *good_end = end;
+    }
+    return 0;
+}
+
+int evlog_open(const char *path, int create, evlog_replay_fn fn, void *arg,
+               struct evlog **out, struct evlog_open_info *info)
+{
+    struct evlog_open_info scratch;
+    if (!info)
+        info = &scratch;
+    memset(info, 0, sizeof *info);
+    *out = NULL;
+
+    int fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        goto fail;
+    struct evlog *log = calloc(1, sizeof *log);
+    if (!log || !(log->path = strdup(path))) {
+        free(log);
+        errno = ENOMEM;
+        goto fail;
+    }
+    log->fd = fd;
+
+    uint8_t *buf = NULL;
+    off_t size = st.st_size;
+    if (size > 0) {
+        buf = malloc((size_t)size);
+        if (!buf) {
+            errno = ENOMEM;
+            goto fail_log;
+        }
+        if (evlog_read_all(fd, buf, (size_t)size, 0) < 0)
+            goto fail_buf;
+    }
+
+    int rc = 0;
+    if (size < EVLOG_MAGIC_LEN) {
+        /* New, or torn while being created: an empty stream. */
+        if (size > 0 && memcmp(buf, EVLOG_MAGIC, (size_t)size) != 0) {
+            rc = evlog_corrupt(info, "file of %lld bytes has no log header", size);
+            goto fail_rc;
+        }
+        if (ftruncate(fd, 0) < 0 || evlog_pwrite_all(fd, (const uint8_t *)EVLOG_MAGIC,
+                                                     EVLOG_MAGIC_LEN, 0) < 0)
+            goto fail_buf;
+        log->size = EVLOG_MAGIC_LEN;
+        log->dir_unsynced = 1;
+    } else {
+        if (memcmp(buf, EVLOG_MAGIC, EVLOG_MAGIC_LEN) != 0) {
+            rc = evlog_corrupt(info, "bad log header (%lld bytes)", size);
+            goto fail_rc;
+        }
+        off_t good_end = EVLOG_MAGIC_LEN;
+        rc = evlog_scan(buf, size, fn, arg, info, &good_end);
+        if (rc != 0)
+            goto fail_rc;
+        if (good_end < size) {
+            if (ftruncate(fd, good_end) < 0)
+                goto fail_buf;
+            info->truncated_bytes = size - good_end;
+        }
+        log->size = good_end;
+    }
+    free(buf);
+    *out = log;
+    return 0;
+
+fail_rc:
+    free(buf);
+    evlog_free(log);
+    return rc;
+fail_buf:
+    free(buf);
+fail_log:
+    {
+        int e = errno;
+        evlog_free(log);
+        errno = e;
+        return -1;
+    }
+fail:
+    {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+}
+
+void evlog_free(struct evlog *log)
+{
+    if (!log)
+        return;
+    if (log->fd >= 0)
+        close(log->fd);
+    free(log->path);
+    free(log);
+}
+
+off_t evlog_size(const struct evlog *log)
+{
+    return log->size;
+}
+
+ssize_t evlog_encode(const Cqrs__EventRecord *rec, uint8_t **buf, size_t *len, size_t *cap)
+{
+    size_t plen = cqrs__event_record__get_packed_size(rec);
+    if (plen == 0 || plen > EVLOG_MAX_RECORD) {
+        errno = EFBIG;
+        return -1;
+    }
+    size_t need = *len + EVLOG_HEADER_LEN + plen;
+    if (need > *cap) {
+        size_t ncap = *cap ? *cap : 256;
+        while (ncap < need)
+            ncap *= 2;
+        uint8_t *nb = realloc(*buf, ncap);
+        if (!nb) {
+            errno = ENOMEM;
+            return -1;
+        }
+        *buf = nb;
+        *cap = ncap;
+    }
+    uint8_t *p = *buf + *len;
+    cqrs__event_record__pack(rec, p + EVLOG_HEADER_LEN);
+    frame_set32(p, (uint32_t)plen);
+    frame_set32(p + 4, crc32c(0, p + EVLOG_HEADER_LEN, plen));
+    *len = need;
+    return (ssize_t)(EVLOG_HEADER_LEN + plen);
+}
+
+/* Makes the file's directory entry durable (once, after creation). */
+static int evlog_sync_dir(struct evlog *log)
+{
+    char *copy = strdup(log->path);
+    if (!copy) {
+        errno = ENOMEM;
+        return -1;
+    }
+    int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(copy);
+    if (dfd < 0)
+        return -1;
+    int rc = fsync(dfd);
+    int e = errno;
+    close(dfd);
+    errno = e;
+    if (rc == 0)
+        log->dir_unsynced = 0;
+    return rc;
+}
+
+int evlog_append(struct evlog *log, const uint8_t *buf, size_t len, int sync)
+{
+    if (evlog_pwrite_all(log->fd, buf, len, log->size) < 0)
+        goto rollback;
+    if (sync && (fdatasync(log->fd) < 0 || (log->dir_unsynced && evlog_sync_dir(log) < 0)))
+        goto rollback;
+    log->size += (off_t)len;
+    return 0;
+rollback:
+    {
+        int e = errno;
+        if (ftruncate(log->fd, log->size) < 0) {
+            /* nothing better to do: the next open truncates or quarantines */
+        }
+        errno = e;
+        return -1;
+    }
+}
+
+int evlog_read(const struct evlog *log, off_t offset, size_t size, Cqrs__EventRecord **out)
+{
+    *out = NULL;
+    if (size <= EVLOG_HEADER_LEN || offset + (off_t)size > log->size) {
+        errno = EINVAL;
+        return -1;
+    }
+    uint8_t stackbuf[512];
+    uint8_t *p = size <= sizeof stackbuf ? stackbuf : malloc(size);
+    if (!p) {
+        errno = ENOMEM;
+        return -1;
+    }
+    int rc = -1;
+    if (evlog_read_all(log->fd, p, size, offset) < 0)
+        goto done;
+    uint32_t len = frame_get32(p);
+    if (len != size - EVLOG_HEADER_LEN || crc32c(0, p + EVLOG_HEADER_LEN, len) != frame_get32(p + 4)) {
+        errno = EIO;
+        goto done;
+    }
+    *out = cqrs__event_record__unpack(NULL, len, p + EVLOG_HEADER_LEN);
+    if (!*out) {
+        errno = EIO;
+        goto done;
+    }
+    rc = 0;
+done:
+    if (p != stackbuf) {
+        int e = errno;
+        free(p);
+        errno = e;
+    }
+    return rc;
+}

@@ -1,0 +1,83 @@
+/*
+ * evlog — one append-only event log file per stream.
+ *
+ * Format (fixed):
+ *
+ *   file   = magic record*
+ *   magic  = "CQRSLOG1"                       8 bytes
+ *   record = length crc payload
+ *   length = uint32 big-endian                bytes of payload (1..EVLOG_MAX_RECORD)
+ *   crc    = uint32 big-endian                CRC32C (Castagnoli) of payload
+ *   payload = one cqrs.EventRecord, protobuf-encoded
+ *
+ * Versions inside a file are consecutive from 1.
+ *
+ * Recovery rules (evlog_open):
+ *   - a file shorter than the magic that is a prefix of it (a crash while
+ *     creating it) is an empty stream: it is reset to the bare magic;
+ *   - a last record that runs past the end of the file, or whose CRC fails
+ *     and that ends exactly at the end of the file, is a torn tail: it is
+ *     truncated away and the caller is told how many bytes went;
+ *   - anything else that fails (bad magic, a bad record followed by more
+ *     bytes, an undecodable payload, a version out of sequence) is
+ *     corruption: EVLOG_CORRUPT, and the file is left as it is.
+ *
+ * Appends write a whole batch with one write at the end of the file, then
+ * (when asked) fdatasync; on failure the file is cut back to its previous
+ * length so no unacknowledged record remains.
+ *
+ * This module never logs: it returns 0, -1 with errno, or EVLOG_CORRUPT.
+ */
+#ifndef CQRS_EVLOG_H
+#define CQRS_EVLOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "cqrs.pb-c.h"
+
+#define EVLOG_MAGIC "CQRSLOG1"
+#define EVLOG_MAGIC_LEN 8
+#define EVLOG_HEADER_LEN 8               /* length + crc */
+#define EVLOG_MAX_RECORD (16u << 20)     /* a record larger than this is corrupt */
+
+enum { EVLOG_CORRUPT = -2 };
+
+struct evlog;
+
+/* One record met during replay. `rec` is valid for the call only. */
+typedef int (*evlog_replay_fn)(void *arg, const Cqrs__EventRecord *rec,
+                               off_t offset, size_t size);
+
+struct evlog_open_info {
+    uint64_t records;          /* records replayed */
+    off_t truncated_bytes;     /* torn tail cut away (0: none) */
+    char detail[160];          /* on EVLOG_CORRUPT: what and where */
+};
+
+/* Opens (creating with `create`, mode 0600) the log at `path`, checks it and
+ * replays every record through `fn` (may be NULL) in order. A non-zero return
+ * from `fn` stops and is returned. Returns 0, -1 (errno; ENOENT when absent
+ * and not `create`), or EVLOG_CORRUPT. */
+int evlog_open(const char *path, int create, evlog_replay_fn fn, void *arg,
+               struct evlog **out, struct evlog_open_info *info);
+void evlog_free(struct evlog *log);
+
+/* Bytes in the file (magic included): where the next record goes. */
+off_t evlog_size(const struct evlog *log);
+
+/* Encodes one record (header + payload) onto `buf`/`len`/`cap` (grown with
+ * realloc). Returns the record's size, or -1 (ENOMEM, or EFBIG when over
+ * EVLOG_MAX_RECORD). */
+ssize_t evlog_encode(const Cqrs__EventRecord *rec, uint8_t **buf, size_t *len, size_t *cap);
+
+/* Appends `len` bytes of encoded records, then fdatasyncs when `sync`.
+ * On failure the file is cut back and -1 returned with errno. */
+int evlog_append(struct evlog *log, const uint8_t *buf, size_t len, int sync);
+
+/* Reads and decodes the record at `offset` of `size` bytes (as given to the
+ * replay callback or returned by evlog_encode). Free with
+ * cqrs__event_record__free_unpacked(rec, NULL). */
+int evlog_read(const struct evlog *log, off_t offset, size_t size, Cqrs__EventRecord **out);
+
+#endif

@@ -1,0 +1,421 @@
+/* host — see host.h. */
+#include "host.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <uthash.h>
+
+#include "cqrs.pb-c.h"
+#include "frame.h"
+#include "log.h"
+#include "stream.h"
+
+#define HOST_EVENTS_REPLY_MAX (900u << 10)   /* bytes of events in one reply */
+
+struct host_reply {
+    uint64_t tag;
+    uint64_t id;                /* the client's request id */
+    struct stream *stream;      /* its outcome depends on this stream's commit */
+    uint8_t *bytes;             /* packed cqrs.Reply */
+    size_t len;
+};
+
+struct host {
+    const struct aggregate_type *type;
+    char *dir;
+    int sync;
+    struct stream *streams;     /* hash by id */
+    struct stream *dirty;       /* streams with pending records */
+    struct stream *drops;       /* streams that may be dropped after the batch */
+    struct host_reply *replies;
+    size_t n_replies, cap_replies;
+};
+
+struct host *host_new(const struct aggregate_type *type, const char *data_dir, int sync)
+{
+    struct host *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    h->type = type;
+    h->sync = sync;
+    if (asprintf(&h->dir, "%s/%s", data_dir, type->name) < 0) {
+        free(h);
+        errno = ENOMEM;
+        return NULL;
+    }
+    if ((mkdir(data_dir, 0700) < 0 && errno != EEXIST) ||
+        (mkdir(h->dir, 0700) < 0 && errno != EEXIST)) {
+        int e = errno;
+        host_free(h);
+        errno = e;
+        return NULL;
+    }
+    return h;
+}
+
+void host_free(struct host *h)
+{
+    if (!h)
+        return;
+    struct stream *s, *tmp;
+    HASH_ITER(hh, h->streams, s, tmp) {
+        HASH_DEL(h->streams, s);
+        stream_free(s);
+    }
+    for (size_t i = 0; i < h->n_replies; i++)
+        free(h->replies[i].bytes);
+    free(h->replies);
+    free(h->dir);
+    free(h);
+}
+
+static void host_path(const struct host *h, const char *id, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s/%s.log", h->dir, id);
+}
+
+static int64_t host_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Packs `r` as the reply to request (tag, id). Out of memory while packing
+ * a reply leaves no way to answer: the worker dies and is restarted. */
+static void host_queue(struct host *h, uint64_t tag, uint64_t id, struct stream *s, Cqrs__Reply *r)
+{
+    r->id = id;
+    if (h->n_replies == h->cap_replies) {
+        size_t ncap = h->cap_replies ? h->cap_replies * 2 : 64;
+        struct host_reply *n = realloc(h->replies, ncap * sizeof *n);
+        if (!n) {
+            log_error("out of memory queueing a reply");
+            abort();
+        }
+        h->replies = n;
+        h->cap_replies = ncap;
+    }
+    size_t len = cqrs__reply__get_packed_size(r);
+    uint8_t *bytes = malloc(len ? len : 1);
+    if (!bytes) {
+        log_error("out of memory packing a reply");
+        abort();
+    }
+    cqrs__reply__pack(r, bytes);
+    h->replies[h->n_replies++] = (struct host_reply){ tag, id, s, bytes, len };
+}
+
+__attribute__((format(printf, 5, 6)))
+static void host_fail(struct host *h, uint64_t tag, uint64_t id, Cqrs__Status status,
+                      const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    Cqrs__Reply r = CQRS__REPLY__INIT;
+    r.status = status;
+    r.error = msg;
+    host_queue(h, tag, id, NULL, &r);
+}
+
+/* After the batch, `s` is dropped from memory if it is then empty or failed:
+ * such streams cost memory and say nothing. */
+static void host_maybe_drop(struct host *h, struct stream *s)
+{
+    if (!s->drop_candidate) {
+        s->drop_candidate = 1;
+        s->next_drop = h->drops;
+        h->drops = s;
+    }
+}
+
+/* The stream `id`, loaded on first use. NULL only when out of memory. */
+static struct stream *host_stream(struct host *h, const char *id)
+{
+    struct stream *s;
+    HASH_FIND_STR(h->streams, id, s);
+    if (s)
+        return s;
+    char path[PATH_MAX];
+    host_path(h, id, path, sizeof path);
+    off_t truncated;
+    s = stream_load(h->type, id, path, &truncated);
+    if (!s)
+        return NULL;
+    if (truncated)
+        log_warn("%s %s: cut a torn tail of %lld bytes from its log", h->type->name, id,
+                 (long long)truncated);
+    if (s->corrupt > 0)
+        log_error("%s %s: log is corrupt and quarantined: %s", h->type->name, id, s->detail);
+    else if (s->corrupt < 0)
+        log_error("%s %s: %s", h->type->name, id, s->detail);
+    HASH_ADD_STR(h->streams, id, s);
+    if (s->version == 0 || s->corrupt < 0)
+        host_maybe_drop(h, s);
+    return s;
+}
+
+/* Replies with the events first..last of `s` (an idempotent retry or an
+ * EVENTS query), stopping early when the reply would grow too large. */
+static void host_reply_events(struct host *h, uint64_t tag, uint64_t id, struct stream *s,
+                              uint64_t first, uint64_t last, uint64_t version, int cap_size)
+{
+    Cqrs__Reply r = CQRS__REPLY__INIT;
+    r.status = CQRS__STATUS__OK;
+    r.version = version;
+    size_t n = last >= first ? (size_t)(last - first + 1) : 0;
+    Cqrs__EventRecord **evs = n ? calloc(n, sizeof *evs) : NULL;
+    if (n && !evs) {
+        host_fail(h, tag, id, CQRS__STATUS__INTERNAL, "out of memory reading events");
+        return;
+    }
+    size_t got = 0, bytes = 0;
+    for (uint64_t v = first; v <= last && got < n; v++) {
+        if (cap_size && got > 0 && bytes + s->recs[v - 1].size > HOST_EVENTS_REPLY_MAX)
+            break;
+        if (stream_read(s, v, &evs[got]) < 0) {
+            log_error("%s %s: cannot read event %llu: %s", h->type->name, s->id,
+                      (unsigned long long)v, strerror(errno));
+            for (size_t i = 0; i < got; i++)
+                cqrs__event_record__free_unpacked(evs[i], NULL);
+            free(evs);
+            host_fail(h, tag, id, CQRS__STATUS__INTERNAL, "cannot read event %llu of %s %s",
+                      (unsigned long long)v, h->type->name, s->id);
+            return;
+        }
+        bytes += s->recs[v - 1].size;
+        got++;
+    }
+    r.n_events = got;
+    r.events = evs;
+    host_queue(h, tag, id, s, &r);
+    for (size_t i = 0; i < got; i++)
+        cqrs__event_record__free_unpacked(evs[i], NULL);
+    free(evs);
+}
+
+static void host_mark_dirty(struct host *h, struct stream *s)
+{
+    if (!s->dirty) {
+        s->dirty = 1;
+        s->next_dirty = h->dirty;
+        h->dirty = s;
+    }
+}
+
+static void host_command(struct host *h, uint64_t tag, uint64_t id, const Cqrs__Command *cmd)
+{
+    const struct aggregate_type *t = h->type;
+    struct stream *s = host_stream(h, cmd->aggregate_id);
+    if (!s) {
+        host_fail(h, tag, id, CQRS__STATUS__INTERNAL, "out of memory loading %s %s", t->name,
+                  cmd->aggregate_id);
+        return;
+    }
+    if (s->corrupt) {
+        host_fail(h, tag, id, s->corrupt > 0 ? CQRS__STATUS__CORRUPT : CQRS__STATUS__INTERNAL,
+                  "%s %s: %s", t->name, s->id, s->detail);
+        return;
+    }
+    /* Idempotency first: a retry gets the first outcome, whatever it carries. */
+    if (cmd->command_id[0]) {
+        struct stream_cmd *c = stream_find_cmd(s, cmd->command_id);
+        if (c) {
+            uint64_t last = c->first + c->count - 1;
+            host_reply_events(h, tag, id, s, c->first, last, last, 0);
+            return;
+        }
+    }
+    if (cmd->expected_case == CQRS__COMMAND__EXPECTED_EXPECTED_VERSION &&
+        cmd->expected_version != s->version) {
+        Cqrs__Reply r = CQRS__REPLY__INIT;
+        char msg[300];
+        snprintf(msg, sizeof msg, "%s %s is at version %llu, not the expected %llu", t->name,
+                 s->id, (unsigned long long)s->version, (unsigned long long)cmd->expected_version);
+        r.status = CQRS__STATUS__CONFLICT;
+        r.error = msg;
+        r.version = s->version;
+        host_queue(h, tag, id, s, &r);
+        return;
+    }
+    const ProtobufCMessageDescriptor *d = agg_find_desc(t->commands, cmd->name);
+    if (!d) {
+        host_fail(h, tag, id, CQRS__STATUS__INVALID, "%s has no command \"%s\"", t->name, cmd->name);
+        return;
+    }
+    ProtobufCMessage *msg = protobuf_c_message_unpack(d, NULL, cmd->payload.len, cmd->payload.data);
+    if (!msg) {
+        host_fail(h, tag, id, CQRS__STATUS__INVALID, "payload does not decode as %s", d->name);
+        return;
+    }
+    char err[AGG_ERROR_MAX];
+    struct agg_decision dec = { .n_events = 0 };
+    if (protobuf_c_message_get_packed_size(msg) != cmd->payload.len) {
+        host_fail(h, tag, id, CQRS__STATUS__INVALID,
+                  "payload of %s has a string with a NUL byte or a non-canonical encoding", d->name);
+    } else if (t->validate(msg, err, sizeof err) < 0) {
+        host_fail(h, tag, id, CQRS__STATUS__INVALID, "%s", err);
+    } else if (t->decide(s->state, msg, &dec) == AGG_REJECT) {
+        host_fail(h, tag, id, CQRS__STATUS__REJECTED, "%s", dec.error);
+    } else {
+        uint64_t first = s->version + 1;
+        for (size_t i = 0; i < dec.n_events; i++) {
+            if (stream_add(s, &dec.events[i], host_now_us(), cmd) < 0) {
+                /* the decider emitted an event its own evolve refuses, or
+                 * memory ran out mid-command: the state is no longer
+                 * trustworthy, and only a restart gets it back */
+                log_error("%s %s: cannot apply %s event: %s", t->name, s->id,
+                          dec.events[i].desc->short_name, strerror(errno));
+                abort();
+            }
+        }
+        if (dec.n_events) {
+            if (cmd->command_id[0])
+                stream_remember(s, cmd->command_id, first, (uint32_t)dec.n_events);
+            host_mark_dirty(h, s);
+            host_reply_events(h, tag, id, s, first, s->version, s->version, 0);
+        } else {
+            Cqrs__Reply r = CQRS__REPLY__INIT;
+            r.status = CQRS__STATUS__OK;
+            r.version = s->version;
+            host_queue(h, tag, id, s, &r);
+        }
+    }
+    agg_decision_clear(&dec);
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+static void host_query(struct host *h, uint64_t tag, uint64_t id, const Cqrs__Query *q)
+{
+    const struct aggregate_type *t = h->type;
+    struct stream *s = host_stream(h, q->aggregate_id);
+    if (!s) {
+        host_fail(h, tag, id, CQRS__STATUS__INTERNAL, "out of memory loading %s %s", t->name,
+                  q->aggregate_id);
+        return;
+    }
+    if (s->corrupt) {
+        host_fail(h, tag, id, s->corrupt > 0 ? CQRS__STATUS__CORRUPT : CQRS__STATUS__INTERNAL,
+                  "%s %s: %s", t->name, s->id, s->detail);
+        return;
+    }
+    if (s->version == 0) {
+        host_fail(h, tag, id, CQRS__STATUS__NOT_FOUND, "%s %s does not exist", t->name, s->id);
+        return;
+    }
+    if (q->kind == CQRS__QUERY__KIND__STATE) {
+        uint8_t scratch[512];
+        ProtobufCBufferSimple buf = PROTOBUF_C_BUFFER_SIMPLE_INIT(scratch);
+        t->state_pack(s->state, &buf.base);
+        Cqrs__Reply r = CQRS__REPLY__INIT;
+        r.status = CQRS__STATUS__OK;
+        r.version = s->version;
+        r.state_type = (char *)t->state_desc->short_name;
+        r.state.data = buf.data;
+        r.state.len = buf.len;
+        host_queue(h, tag, id, s, &r);
+        PROTOBUF_C_BUFFER_SIMPLE_CLEAR(&buf);
+    } else if (q->kind == CQRS__QUERY__KIND__EVENTS) {
+        uint64_t from = q->from_version ? q->from_version : 1;
+        uint64_t last = s->version;
+        if (q->max_count && from <= last && last - from >= q->max_count)
+            last = from + q->max_count - 1;
+        host_reply_events(h, tag, id, s, from, last, s->version, 1);
+    } else {
+        host_fail(h, tag, id, CQRS__STATUS__INVALID, "unknown query kind %d", (int)q->kind);
+    }
+}
+
+void host_request(struct host *h, uint64_t tag, const uint8_t *body, size_t len)
+{
+    Cqrs__Request *req = cqrs__request__unpack(NULL, len, body);
+    if (!req) {
+        host_fail(h, tag, 0, CQRS__STATUS__INVALID, "request does not decode");
+        return;
+    }
+    const char *type = NULL, *id = NULL;
+    if (req->body_case == CQRS__REQUEST__BODY_COMMAND) {
+        type = req->command->aggregate_type;
+        id = req->command->aggregate_id;
+    } else if (req->body_case == CQRS__REQUEST__BODY_QUERY) {
+        type = req->query->aggregate_type;
+        id = req->query->aggregate_id;
+    }
+    if (!type) {
+        host_fail(h, tag, req->id, CQRS__STATUS__INVALID, "a worker serves commands and queries only");
+    } else if (cqrs__request__get_packed_size(req) != len) {
+        host_fail(h, tag, req->id, CQRS__STATUS__INVALID,
+                  "request has a string with a NUL byte or a non-canonical encoding");
+    } else if (strcmp(type, h->type->name) != 0) {
+        host_fail(h, tag, req->id, CQRS__STATUS__INVALID, "this worker serves %s, not %s",
+                  h->type->name, type);
+    } else if (agg_id_valid(id, strlen(id)) < 0) {
+        host_fail(h, tag, req->id, CQRS__STATUS__INVALID,
+                  "aggregate id must be 1 to 128 of A-Z a-z 0-9 . _ - and not . or ..");
+    } else if (req->body_case == CQRS__REQUEST__BODY_COMMAND) {
+        host_command(h, tag, req->id, req->command);
+    } else {
+        host_query(h, tag, req->id, req->query);
+    }
+    cqrs__request__free_unpacked(req, NULL);
+}
+
+void host_commit(struct host *h, struct evbuffer *out)
+{
+    char path[PATH_MAX];
+    for (struct stream *s = h->dirty, *next; s; s = next) {
+        next = s->next_dirty;
+        s->dirty = 0;
+        s->next_dirty = NULL;
+        host_path(h, s->id, path, sizeof path);
+        if (stream_commit(s, path, h->sync) < 0) {
+            log_error("%s %s: cannot write its log, dropping %llu unwritten events: %s",
+                      h->type->name, s->id, (unsigned long long)(s->version - s->durable),
+                      strerror(errno));
+            s->corrupt = -1;   /* failed: dropped below */
+            host_maybe_drop(h, s);
+        }
+    }
+    h->dirty = NULL;
+
+    for (size_t i = 0; i < h->n_replies; i++) {
+        struct host_reply *r = &h->replies[i];
+        if (r->stream && r->stream->corrupt < 0 && r->stream->version > r->stream->durable) {
+            free(r->bytes);
+            Cqrs__Reply rep = CQRS__REPLY__INIT;
+            rep.id = r->id;
+            rep.status = CQRS__STATUS__INTERNAL;
+            rep.error = "could not write the event log; nothing was appended";
+            r->len = cqrs__reply__get_packed_size(&rep);
+            r->bytes = malloc(r->len ? r->len : 1);
+            if (!r->bytes)
+                abort();
+            cqrs__reply__pack(&rep, r->bytes);
+        }
+        if (frame_put_bytes(out, &r->tag, r->bytes, r->len) < 0) {
+            log_error("out of memory sending replies");
+            abort();
+        }
+        free(r->bytes);
+    }
+    h->n_replies = 0;
+
+    for (struct stream *s = h->drops, *next; s; s = next) {
+        next = s->next_drop;
+        s->drop_candidate = 0;
+        s->next_drop = NULL;
+        if ((s->version == 0 && !s->corrupt) || s->corrupt < 0) {
+            HASH_DEL(h->streams, s);
+            stream_free(s);
+        }
+    }
+    h->drops = NULL;
+}

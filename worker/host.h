@@ -1,0 +1,36 @@
+/*
+ * host — the aggregate host of one worker: the table id → stream of its
+ * aggregate type, the command life cycle, and the group commit.
+ *
+ * A batch is every request that arrived together. host_request handles each
+ * in arrival order — load the stream on first use (replay), then for a
+ * command: idempotency lookup → expected_version → payload decode and
+ * validate → decide → encode the events and evolve the state — and keeps
+ * its packed reply. host_commit then appends every touched stream's new
+ * records (synced when fsync is on), and only then queues the replies. A
+ * stream whose write fails is cut back to its durable length and dropped
+ * from memory, and every reply that depended on it becomes INTERNAL: no
+ * event that was not acknowledged can appear later as state.
+ */
+#ifndef CQRS_HOST_H
+#define CQRS_HOST_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <event2/buffer.h>
+
+#include "aggregate.h"
+
+struct host;
+
+/* The host of `type`, keeping its streams in `<data_dir>/<type>/` (created,
+ * mode 0700). NULL with errno on failure. */
+struct host *host_new(const struct aggregate_type *type, const char *data_dir, int sync);
+void host_free(struct host *h);
+
+/* Handles one request frame body (a cqrs.Request) tagged `tag`. */
+void host_request(struct host *h, uint64_t tag, const uint8_t *body, size_t len);
+/* Makes the batch durable and appends its tagged replies to `out`. */
+void host_commit(struct host *h, struct evbuffer *out);
+
+#endif

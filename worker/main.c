@@ -1,0 +1,192 @@
+/*
+ * cqrs-worker — the process that hosts every aggregate of one type.
+ *
+ *   cqrs-worker --type TYPE --data-dir DIR [--fd N] [--fsync always|never]
+ *
+ * cqrsd starts it with one end of a socketpair as fd N (default 3). Frames
+ * on it are tagged (see lib/frame.h): tag 0 is the supervisor channel, any
+ * other tag a client request whose reply carries the same tag. Once set up,
+ * the worker sends one tag-0 Reply with status OK: "ready". Each time the
+ * socket has data, every whole request in the buffer forms one batch (see
+ * host.h). It exits 0 on SIGTERM after the batch in hand, and when cqrsd
+ * closes the socket.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "aggregate.h"
+#include "cqrs.pb-c.h"
+#include "frame.h"
+#include "host.h"
+#include "log.h"
+
+#define WORKER_MAX_FRAME (64u << 20)   /* cqrsd is trusted to bound requests */
+
+struct worker {
+    struct event_base *base;
+    struct bufferevent *bev;
+    struct host *host;
+};
+
+static void worker_on_read(struct bufferevent *bev, void *arg)
+{
+    struct worker *w = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    struct frame f;
+    enum frame_status st;
+    while ((st = frame_next(in, WORKER_MAX_FRAME, &f)) == FRAME_OK) {
+        if (frame_untag(&f) < 0) {
+            log_error("cqrsd sent a frame without a tag; exiting");
+            event_base_loopbreak(w->base);
+            return;
+        }
+        if (f.tag != 0)
+            host_request(w->host, f.tag, f.body, f.len);
+        frame_consume(in, &f);
+    }
+    if (st == FRAME_TOO_BIG) {
+        log_error("cqrsd sent a frame of %u bytes; exiting", f.len);
+        event_base_loopbreak(w->base);
+        return;
+    }
+    host_commit(w->host, bufferevent_get_output(bev));
+}
+
+static void worker_on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct worker *w = arg;
+    (void)bev;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+        event_base_loopexit(w->base, NULL);   /* cqrsd is gone */
+}
+
+static void worker_on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct worker *w = arg;
+    (void)what;
+    log_debug("signal %d: stopping", (int)sig);
+    event_base_loopexit(w->base, NULL);
+}
+
+static void worker_usage(FILE *f)
+{
+    fprintf(f, "usage: cqrs-worker --type TYPE --data-dir DIR [--fd N] [--fsync always|never]\n"
+               "Started by cqrsd; not meant to be run by hand.\n");
+}
+
+/* Up to the hard limit: each open stream keeps its log file open. */
+static void worker_raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    const char *type_name = NULL, *data_dir = NULL;
+    int fd = 3, sync = 1;
+    static const struct option opts[] = {
+        { "type", required_argument, NULL, 't' },
+        { "data-dir", required_argument, NULL, 'd' },
+        { "fd", required_argument, NULL, 'f' },
+        { "fsync", required_argument, NULL, 's' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 't': type_name = optarg; break;
+        case 'd': data_dir = optarg; break;
+        case 'f': fd = atoi(optarg); break;
+        case 's':
+            if (strcmp(optarg, "always") == 0)
+                sync = 1;
+            else if (strcmp(optarg, "never") == 0)
+                sync = 0;
+            else {
+                worker_usage(stderr);
+                return 64;
+            }
+            break;
+        case 'h': worker_usage(stdout); return 0;
+        default: worker_usage(stderr); return 64;
+        }
+    }
+    if (!type_name || !data_dir || fd < 0) {
+        worker_usage(stderr);
+        return 64;
+    }
+    char ident[64];
+    snprintf(ident, sizeof ident, "cqrs-worker/%s", type_name);
+    log_init(ident, getenv("CQRS_DEBUG") ? LOG_LVL_DEBUG : LOG_LVL_INFO);
+
+    const struct aggregate_type *type = aggregate_lookup(type_name);
+    if (!type) {
+        log_error("unknown aggregate type \"%s\"", type_name);
+        return 64;
+    }
+    if (fcntl(fd, F_GETFD) < 0) {
+        log_error("fd %d is not open: cqrs-worker is started by cqrsd", fd);
+        return 64;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    worker_raise_nofile();
+
+    struct worker w = { 0 };
+    w.host = host_new(type, data_dir, sync);
+    if (!w.host) {
+        log_error("cannot use data directory %s/%s: %s", data_dir, type_name, strerror(errno));
+        return 1;
+    }
+    w.base = event_base_new();
+    evutil_make_socket_nonblocking(fd);
+    evutil_make_socket_closeonexec(fd);
+    w.bev = bufferevent_socket_new(w.base, fd, BEV_OPT_CLOSE_ON_FREE);
+    struct event *sigterm = evsignal_new(w.base, SIGTERM, worker_on_signal, &w);
+    struct event *sigint = evsignal_new(w.base, SIGINT, worker_on_signal, &w);
+    if (!w.base || !w.bev || !sigterm || !sigint) {
+        log_error("cannot set up the event loop");
+        return 1;
+    }
+    event_add(sigterm, NULL);
+    event_add(sigint, NULL);
+    bufferevent_set_max_single_read(w.bev, 1 << 20);
+    bufferevent_setcb(w.bev, worker_on_read, NULL, worker_on_event, &w);
+    bufferevent_enable(w.bev, EV_READ);
+
+    /* ready */
+    Cqrs__Reply ready = CQRS__REPLY__INIT;
+    uint64_t zero = 0;
+    frame_put(bufferevent_get_output(w.bev), &zero, &ready.base);
+
+    event_base_dispatch(w.base);
+
+    /* Replies of the last batch still buffered go out before we leave. */
+    struct evbuffer *out = bufferevent_get_output(w.bev);
+    if (evbuffer_get_length(out) > 0) {
+        int flags = fcntl(fd, F_GETFL);
+        fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+        frame_flush(out, fd);
+    }
+    event_free(sigterm);
+    event_free(sigint);
+    bufferevent_free(w.bev);
+    event_base_free(w.base);
+    host_free(w.host);
+    return 0;
+}

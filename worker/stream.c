@@ -1,0 +1,225 @@
+/* stream — see stream.h. */
+#include "stream.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int stream_push_rec(struct stream *s, off_t offset, size_t size)
+{
+    if (s->version + 1 > s->recs_cap) {
+        size_t ncap = s->recs_cap ? s->recs_cap * 2 : 4;
+        struct stream_rec *n = realloc(s->recs, ncap * sizeof *n);
+        if (!n) {
+            errno = ENOMEM;
+            return -1;
+        }
+        s->recs = n;
+        s->recs_cap = ncap;
+    }
+    s->recs[s->version] = (struct stream_rec){ offset, (uint32_t)size };
+    s->version++;
+    return 0;
+}
+
+/* Decodes one event and applies it to the state. -1: EPROTO (undecodable
+ * or unknown type) or EINVAL (the state refuses it). */
+static int stream_evolve(struct stream *s, const char *type, const uint8_t *data, size_t len)
+{
+    const ProtobufCMessageDescriptor *d = agg_find_desc(s->type->events, type);
+    if (!d) {
+        errno = EPROTO;
+        return -1;
+    }
+    ProtobufCMessage *ev = protobuf_c_message_unpack(d, NULL, len, data);
+    if (!ev) {
+        errno = EPROTO;
+        return -1;
+    }
+    int rc = s->type->evolve(s->state, ev);
+    protobuf_c_message_free_unpacked(ev, NULL);
+    if (rc < 0)
+        errno = EINVAL;
+    return rc;
+}
+
+static int stream_replay(void *arg, const Cqrs__EventRecord *rec, off_t offset, size_t size)
+{
+    struct stream *s = arg;
+    if (stream_evolve(s, rec->type, rec->data.data, rec->data.len) < 0) {
+        snprintf(s->detail, sizeof s->detail, "event %llu (%s) %s",
+                 (unsigned long long)rec->version, rec->type,
+                 errno == EINVAL ? "contradicts the state before it" : "is unknown or does not decode");
+        return EVLOG_CORRUPT;
+    }
+    if (stream_push_rec(s, offset, size) < 0 ||
+        (rec->command_id[0] && stream_remember(s, rec->command_id, rec->version, 1) < 0))
+        return -1;
+    return 0;
+}
+
+struct stream *stream_load(const struct aggregate_type *type, const char *id,
+                           const char *path, off_t *truncated)
+{
+    struct stream *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    snprintf(s->id, sizeof s->id, "%s", id);
+    s->type = type;
+    s->state = type->state_new();
+    if (!s->state) {
+        free(s);
+        return NULL;
+    }
+    *truncated = 0;
+    struct evlog_open_info info;
+    int rc = evlog_open(path, 0, stream_replay, s, &s->log, &info);
+    if (rc == 0) {
+        *truncated = info.truncated_bytes;
+    } else if (rc == -1 && errno == ENOENT) {
+        /* a new stream: its file is created by its first append */
+    } else if (rc == EVLOG_CORRUPT) {
+        if (!s->detail[0])
+            snprintf(s->detail, sizeof s->detail, "%s", info.detail);
+        s->corrupt = 1;
+    } else {
+        snprintf(s->detail, sizeof s->detail, "cannot read its log: %s", strerror(errno));
+        s->corrupt = -1;
+    }
+    s->durable = s->version;
+    return s;
+}
+
+void stream_free(struct stream *s)
+{
+    if (!s)
+        return;
+    struct stream_cmd *c, *tmp;
+    HASH_ITER(hh, s->cmds, c, tmp) {
+        HASH_DEL(s->cmds, c);
+        free(c->command_id);
+        free(c);
+    }
+    if (s->state)
+        s->type->state_free(s->state);
+    evlog_free(s->log);
+    free(s->recs);
+    free(s->pending);
+    free(s);
+}
+
+struct stream_cmd *stream_find_cmd(struct stream *s, const char *command_id)
+{
+    struct stream_cmd *c;
+    HASH_FIND_STR(s->cmds, command_id, c);
+    return c;
+}
+
+int stream_remember(struct stream *s, const char *command_id, uint64_t first, uint32_t count)
+{
+    struct stream_cmd *c = stream_find_cmd(s, command_id);
+    if (c) {
+        if (c->first + c->count == first)   /* more events of the same command */
+            c->count += count;
+        return 0;
+    }
+    /* uthash keeps insertion order: the head is the oldest. */
+    if (HASH_COUNT(s->cmds) >= STREAM_CMD_WINDOW) {
+        struct stream_cmd *old = s->cmds;
+        HASH_DEL(s->cmds, old);
+        free(old->command_id);
+        free(old);
+    }
+    c = calloc(1, sizeof *c);
+    if (!c || !(c->command_id = strdup(command_id))) {
+        free(c);
+        errno = ENOMEM;
+        return -1;
+    }
+    c->first = first;
+    c->count = count;
+    HASH_ADD_KEYPTR(hh, s->cmds, c->command_id, strlen(c->command_id), c);
+    return 0;
+}
+
+/* Where the next byte of `pending` will land in the file. */
+static off_t stream_base(const struct stream *s)
+{
+    return s->log ? evlog_size(s->log) : EVLOG_MAGIC_LEN;
+}
+
+int stream_add(struct stream *s, const struct agg_event *ev, int64_t now_us,
+               const Cqrs__Command *cmd)
+{
+    Cqrs__EventRecord rec = CQRS__EVENT_RECORD__INIT;
+    rec.version = s->version + 1;
+    rec.timestamp_us = now_us;
+    rec.type = (char *)ev->desc->short_name;
+    rec.data.data = ev->data;
+    rec.data.len = ev->len;
+    rec.command_id = cmd->command_id;
+
+    Cqrs__EventRecord__MetadataEntry *md = NULL, **mdp = NULL;
+    if (cmd->n_metadata) {
+        md = calloc(cmd->n_metadata, sizeof *md);
+        mdp = calloc(cmd->n_metadata, sizeof *mdp);
+        if (!md || !mdp) {
+            free(md);
+            free(mdp);
+            errno = ENOMEM;
+            return -1;
+        }
+        for (size_t i = 0; i < cmd->n_metadata; i++) {
+            cqrs__event_record__metadata_entry__init(&md[i]);
+            md[i].key = cmd->metadata[i]->key;
+            md[i].value = cmd->metadata[i]->value;
+            mdp[i] = &md[i];
+        }
+        rec.n_metadata = cmd->n_metadata;
+        rec.metadata = mdp;
+    }
+    off_t offset = stream_base(s) + (off_t)s->pending_len;
+    ssize_t size = evlog_encode(&rec, &s->pending, &s->pending_len, &s->pending_cap);
+    free(md);
+    free(mdp);
+    if (size < 0)
+        return -1;
+    if (stream_evolve(s, rec.type, ev->data, ev->len) < 0)
+        return -1;
+    return stream_push_rec(s, offset, (size_t)size);
+}
+
+int stream_commit(struct stream *s, const char *path, int sync)
+{
+    if (s->pending_len == 0)
+        return 0;
+    if (!s->log && evlog_open(path, 1, NULL, NULL, &s->log, NULL) != 0) {
+        if (errno == 0)
+            errno = EIO;
+        return -1;
+    }
+    if (evlog_append(s->log, s->pending, s->pending_len, sync) < 0)
+        return -1;
+    s->pending_len = 0;
+    s->durable = s->version;
+    return 0;
+}
+
+int stream_read(const struct stream *s, uint64_t version, Cqrs__EventRecord **out)
+{
+    if (version == 0 || version > s->version) {
+        errno = EINVAL;
+        return -1;
+    }
+    const struct stream_rec *r = &s->recs[version - 1];
+    if (version <= s->durable)
+        return evlog_read(s->log, r->offset, r->size, out);
+    size_t at = (size_t)(r->offset - stream_base(s)) + EVLOG_HEADER_LEN;
+    *out = cqrs__event_record__unpack(NULL, r->size - EVLOG_HEADER_LEN, s->pending + at);
+    if (!*out) {
+        errno = EIO;
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,85 @@
+/*
+ * stream — one aggregate as its worker holds it: the state rebuilt from its
+ * log, its version, where each of its records lies, the window of recent
+ * command ids (idempotency), and the records of the current batch that are
+ * not yet written.
+ *
+ * Invariants: records 1..durable are in the log file; durable+1..version
+ * are in `pending` (encoded, in order) and reach the file at commit; the
+ * state reflects every record 1..version.
+ */
+#ifndef CQRS_STREAM_H
+#define CQRS_STREAM_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <uthash.h>
+
+#include "aggregate.h"
+#include "cqrs.pb-c.h"
+#include "evlog.h"
+
+#define STREAM_CMD_WINDOW 1000   /* command ids remembered per stream */
+
+struct stream_rec {
+    off_t offset;
+    uint32_t size;
+};
+
+struct stream_cmd {              /* one remembered command id */
+    char *command_id;
+    uint64_t first;              /* version of its first event */
+    uint32_t count;              /* events it appended */
+    UT_hash_handle hh;
+};
+
+struct stream {
+    char id[AGG_ID_MAX + 1];
+    UT_hash_handle hh;
+    const struct aggregate_type *type;
+    void *state;
+    uint64_t version;
+    uint64_t durable;             /* version in the file */
+    struct evlog *log;            /* NULL until the first append */
+    struct stream_rec *recs;      /* recs[v-1] for version v */
+    size_t recs_cap;
+    struct stream_cmd *cmds;      /* hash by command id */
+    struct stream_cmd **ring;     /* oldest first, STREAM_CMD_WINDOW slots */
+    size_t ring_head, ring_len;
+    uint8_t *pending;             /* encoded records not yet written */
+    size_t pending_len, pending_cap;
+    struct stream *next_dirty;    /* in the batch's dirty list */
+    int dirty;
+    struct stream *next_drop;     /* in the host's list of drop candidates */
+    int drop_candidate;
+    int corrupt;                  /* quarantined: every request gets CORRUPT */
+    char detail[200];             /* why, for CORRUPT replies */
+};
+
+/* Loads the stream `id` of `type` from `path` (absent: a new, empty stream).
+ * Returns NULL only when out of memory; a log that fails its checks gives a
+ * quarantined stream, an I/O error a stream with `corrupt` = -1 (INTERNAL,
+ * not kept). `truncated` is set to the bytes of a torn tail cut away. */
+struct stream *stream_load(const struct aggregate_type *type, const char *id,
+                           const char *path, off_t *truncated);
+void stream_free(struct stream *s);
+
+/* The remembered command, or NULL. */
+struct stream_cmd *stream_find_cmd(struct stream *s, const char *command_id);
+
+/* Adds one event (already decided) to the batch: encodes its record into
+ * `pending`, evolves the state. -1 with errno on failure (ENOMEM, EFBIG,
+ * or EINVAL when the state refuses the event: a decider bug). */
+int stream_add(struct stream *s, const struct agg_event *ev, int64_t now_us,
+               const Cqrs__Command *cmd);
+/* Remembers that `command_id` appended versions first..first+count-1. */
+int stream_remember(struct stream *s, const char *command_id, uint64_t first, uint32_t count);
+
+/* Writes `pending` to the log (creating it at `path` if needed) and syncs
+ * when `sync`. -1 with errno on failure. */
+int stream_commit(struct stream *s, const char *path, int sync);
+
+/* Reads record `version` (1-based) from the file or from pending. */
+int stream_read(const struct stream *s, uint64_t version, Cqrs__EventRecord **out);
+
+#endif
