@@ -68,7 +68,8 @@ struct aggregate_type {
     enum agg_verdict (*decide)(const void *state, const ProtobufCMessage *cmd,
                                struct agg_decision *d);
     /* Applies one event; returns 0, or -1 if the event cannot apply to this
-     * state (a log that contradicts the rules: the stream is corrupt). */
+     * state (errno EINVAL: a log that contradicts the rules, the stream is
+     * corrupt) or memory ran out (errno ENOMEM). */
     int (*evolve)(void *state, const ProtobufCMessage *event);
 };
 

@@ -37,10 +37,12 @@ static int stream_evolve(struct stream *s, const char *type, const uint8_t *data
         errno = EPROTO;
         return -1;
     }
+    errno = 0;
     int rc = s->type->evolve(s->state, ev);
+    int e = errno;
     protobuf_c_message_free_unpacked(ev, NULL);
     if (rc < 0)
-        errno = EINVAL;
+        errno = e == ENOMEM ? ENOMEM : EINVAL;
     return rc;
 }
 
@@ -48,6 +50,8 @@ static int stream_replay(void *arg, const Cqrs__EventRecord *rec, off_t offset, 
 {
     struct stream *s = arg;
     if (stream_evolve(s, rec->type, rec->data.data, rec->data.len) < 0) {
+        if (errno == ENOMEM)
+            return -1;   /* not the log's fault: INTERNAL, not quarantine */
         snprintf(s->detail, sizeof s->detail, "event %llu (%s) %s",
                  (unsigned long long)rec->version, rec->type,
                  errno == EINVAL ? "contradicts the state before it" : "is unknown or does not decode");
