@@ -2,6 +2,8 @@
 #include "host.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +38,17 @@ struct host {
     size_t n_replies, cap_replies;
 };
 
+/* Makes the type directory's entry durable before any stream relies on it. */
+static int host_sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
 struct host *host_new(const struct aggregate_type *type, const char *data_dir, int sync)
 {
     struct host *h = calloc(1, sizeof *h);
@@ -49,7 +62,7 @@ struct host *host_new(const struct aggregate_type *type, const char *data_dir, i
         return NULL;
     }
     if ((mkdir(data_dir, 0700) < 0 && errno != EEXIST) ||
-        (mkdir(h->dir, 0700) < 0 && errno != EEXIST)) {
+        (mkdir(h->dir, 0700) < 0 && errno != EEXIST) || host_sync_dir(data_dir) < 0) {
         int e = errno;
         host_free(h);
         errno = e;
