@@ -289,7 +289,8 @@ static int router_bind(const char *path)
         log_error("socket: %s", strerror(errno));
         return -1;
     }
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno == EADDRINUSE) {
+    int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    if (rc < 0 && errno == EADDRINUSE) {
         int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         int live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
         if (probe >= 0)
@@ -300,19 +301,14 @@ static int router_bind(const char *path)
             return -1;
         }
         unlink(path);
-        errno = 0;
-        if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
-            goto fail;
-    } else if (errno && errno != EADDRINUSE) {
-        goto fail;
+        rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
     }
-    if (listen(fd, 128) < 0)
-        goto fail;
+    if (rc < 0 || listen(fd, 128) < 0) {
+        log_error("cannot listen on %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
     return fd;
-fail:
-    log_error("cannot listen on %s: %s", path, strerror(errno));
-    close(fd);
-    return -1;
 }
 
 struct router *router_new(struct event_base *base, const struct router_config *cfg)
@@ -323,7 +319,6 @@ struct router *router_new(struct event_base *base, const struct router_config *c
     r->base = base;
     r->cfg = *cfg;
     r->path = strdup(cfg->socket_path);
-    errno = 0;
     int fd = r->path ? router_bind(r->path) : -1;
     if (fd < 0) {
         free(r->path);
