@@ -16,7 +16,11 @@ int sup_policy_allow(struct sup_policy *p, int64_t now_us)
         if (now_us - p->times[i] < p->period_us)
             p->times[kept++] = p->times[i];
     p->n = kept;
-    if (p->n < p->intensity + 1)
-        p->times[p->n++] = now_us;
+    if (p->n == p->intensity + 1) {    /* full: the oldest falls out */
+        for (size_t i = 1; i < p->n; i++)
+            p->times[i - 1] = p->times[i];
+        p->n--;
+    }
+    p->times[p->n++] = now_us;
     return p->n <= p->intensity;
 }
