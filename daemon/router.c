@@ -20,12 +20,15 @@
 #include "cqrs.pb-c.h"
 #include "frame.h"
 #include "log.h"
+#include "pbwire.h"
 
 struct conn {
     uint64_t id;
     struct bufferevent *bev;
     struct router *router;
     int closing;              /* flush what is queued, then close */
+    int eof;                  /* the client shut down its side: close once answered */
+    size_t inflight;          /* requests of this connection inside workers */
     UT_hash_handle hh;
 };
 
@@ -71,6 +74,19 @@ static void router_error(struct conn *c, uint64_t req_id, Cqrs__Status st, const
         c->closing = 1;
 }
 
+static void router_on_write(struct bufferevent *bev, void *arg);
+
+/* One request of `c` is answered: a half-closed connection closes once
+ * every request it sent has its reply. */
+static void router_conn_answered(struct conn *c)
+{
+    c->inflight--;
+    if (c->eof && c->inflight == 0 && !c->closing) {
+        c->closing = 1;
+        router_on_write(c->bev, c);
+    }
+}
+
 /* Answers request `p` with `st` and forgets it. */
 static void router_answer(struct router *r, struct pending *p, Cqrs__Status st, const char *why)
 {
@@ -80,6 +96,8 @@ static void router_answer(struct router *r, struct pending *p, Cqrs__Status st, 
         router_error(c, p->req_id, st, "%s", why);
     HASH_DEL(r->pending, p);
     free(p);
+    if (c)
+        router_conn_answered(c);
 }
 
 static void router_route(struct router *r, struct conn *c, uint64_t req_id, const char *type,
@@ -108,6 +126,7 @@ static void router_route(struct router *r, struct conn *c, uint64_t req_id, cons
         return;
     }
     HASH_ADD(hh, r->pending, tag, sizeof p->tag, p);
+    c->inflight++;
 }
 
 static void router_on_frame(struct router *r, struct conn *c, const uint8_t *body, uint32_t len)
@@ -117,10 +136,9 @@ static void router_on_frame(struct router *r, struct conn *c, const uint8_t *bod
         router_error(c, 0, CQRS__STATUS__INVALID, "request does not decode as cqrs.Request");
         return;
     }
-    if (cqrs__request__get_packed_size(req) != len) {
+    if (pbwire_check_strings(&cqrs__request__descriptor, body, len) < 0) {
         /* protobuf-c ends strings at a NUL: "w1\0x" would become "w1" */
-        router_error(c, req->id, CQRS__STATUS__INVALID,
-                     "request has a string with a NUL byte or a non-canonical encoding");
+        router_error(c, req->id, CQRS__STATUS__INVALID, "request has a string with a NUL byte");
     } else {
         switch (req->body_case) {
         case CQRS__REQUEST__BODY_COMMAND:
@@ -178,9 +196,18 @@ static void router_on_read(struct bufferevent *bev, void *arg)
 
 static void router_on_event(struct bufferevent *bev, short what, void *arg)
 {
-    (void)bev;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
-        router_conn_free(arg);   /* its pending replies are dropped on arrival */
+    struct conn *c = arg;
+    if (what & BEV_EVENT_ERROR) {
+        router_conn_free(c);   /* its pending replies are dropped on arrival */
+    } else if (what & BEV_EVENT_EOF) {
+        /* half-closed: what it sent is still answered, then we close */
+        c->eof = 1;
+        bufferevent_disable(bev, EV_READ);
+        if (c->inflight == 0 && !c->closing) {
+            c->closing = 1;
+            router_on_write(bev, c);
+        }
+    }
 }
 
 static void router_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -225,10 +252,13 @@ static void router_on_reply(void *arg, struct child *ch, uint64_t tag, const uin
     }
     struct conn *c;
     HASH_FIND(hh, r->conns, &p->conn_id, sizeof p->conn_id, c);
-    if (c && !c->closing && frame_put_bytes(bufferevent_get_output(c->bev), NULL, body, len) < 0)
-        c->closing = 1;
     HASH_DEL(r->pending, p);
     free(p);
+    if (c) {
+        if (!c->closing && frame_put_bytes(bufferevent_get_output(c->bev), NULL, body, len) < 0)
+            c->closing = 1;
+        router_conn_answered(c);
+    }
 }
 
 /* Answers every pending request of `ch` with UNAVAILABLE. */

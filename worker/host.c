@@ -15,6 +15,7 @@
 #include "cqrs.pb-c.h"
 #include "frame.h"
 #include "log.h"
+#include "pbwire.h"
 #include "stream.h"
 
 #define HOST_EVENTS_REPLY_MAX (900u << 10)   /* bytes of events in one reply */
@@ -271,9 +272,9 @@ static void host_command(struct host *h, uint64_t tag, uint64_t id, const Cqrs__
     }
     char err[AGG_ERROR_MAX];
     struct agg_decision dec = { .n_events = 0 };
-    if (protobuf_c_message_get_packed_size(msg) != cmd->payload.len) {
-        host_fail(h, tag, id, CQRS__STATUS__INVALID,
-                  "payload of %s has a string with a NUL byte or a non-canonical encoding", d->name);
+    if (pbwire_check_strings(d, cmd->payload.data, cmd->payload.len) < 0) {
+        host_fail(h, tag, id, CQRS__STATUS__INVALID, "payload of %s has a string with a NUL byte",
+                  d->name);
     } else if (t->validate(msg, err, sizeof err) < 0) {
         host_fail(h, tag, id, CQRS__STATUS__INVALID, "%s", err);
     } else if (t->decide(s->state, msg, &dec) == AGG_REJECT) {
@@ -364,9 +365,8 @@ void host_request(struct host *h, uint64_t tag, const uint8_t *body, size_t len)
     }
     if (!type) {
         host_fail(h, tag, req->id, CQRS__STATUS__INVALID, "a worker serves commands and queries only");
-    } else if (cqrs__request__get_packed_size(req) != len) {
-        host_fail(h, tag, req->id, CQRS__STATUS__INVALID,
-                  "request has a string with a NUL byte or a non-canonical encoding");
+    } else if (pbwire_check_strings(&cqrs__request__descriptor, body, len) < 0) {
+        host_fail(h, tag, req->id, CQRS__STATUS__INVALID, "request has a string with a NUL byte");
     } else if (strcmp(type, h->type->name) != 0) {
         host_fail(h, tag, req->id, CQRS__STATUS__INVALID, "this worker serves %s, not %s",
                   h->type->name, type);

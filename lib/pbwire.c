@@ -1,0 +1,70 @@
+/* pbwire — see pbwire.h. Wire types: 0 varint, 1 fixed64, 2 length-delimited,
+ * 5 fixed32; groups (3, 4) are refused. */
+#include "pbwire.h"
+
+#include <string.h>
+
+#define PBWIRE_MAX_DEPTH 16
+
+static int pbwire_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+        uint8_t b = *(*p)++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int pbwire_walk(const ProtobufCMessageDescriptor *desc, const uint8_t *p, const uint8_t *end,
+                       int depth)
+{
+    if (depth > PBWIRE_MAX_DEPTH)
+        return -1;
+    while (p < end) {
+        uint64_t key, n;
+        if (pbwire_varint(&p, end, &key) < 0)
+            return -1;
+        switch (key & 7) {
+        case 0:
+            if (pbwire_varint(&p, end, &n) < 0)
+                return -1;
+            break;
+        case 1:
+            if (end - p < 8)
+                return -1;
+            p += 8;
+            break;
+        case 5:
+            if (end - p < 4)
+                return -1;
+            p += 4;
+            break;
+        case 2: {
+            if (pbwire_varint(&p, end, &n) < 0 || n > (uint64_t)(end - p))
+                return -1;
+            const ProtobufCFieldDescriptor *f =
+                desc ? protobuf_c_message_descriptor_get_field(desc, (unsigned)(key >> 3)) : NULL;
+            if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, (size_t)n))
+                return -1;
+            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+                pbwire_walk(f->descriptor, p, p + n, depth + 1) < 0)
+                return -1;
+            p += n;
+            break;
+        }
+        default:
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int pbwire_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len)
+{
+    return pbwire_walk(desc, buf, buf + len, 0);
+}

@@ -1,0 +1,477 @@
+/*
+ * harness — see harness.h.
+ *
+ * Every test gets its own temporary directory /tmp/cqrsd-it.XXXXXX holding
+ * the socket (cqrsd.sock), the data dir (data/) and the daemon's stdout and
+ * stderr, workers' included (cqrsd.log, appended across restarts). That log
+ * is printed whenever the daemon misbehaves, and a sanitizer report in it
+ * fails the test: a daemon that corrupts memory or leaks is a failure even
+ * when every reply looked right.
+ *
+ * cqrsd runs in its own process group, so that a daemon which has to be
+ * SIGKILLed does not leave its workers behind.
+ *
+ * Waits are bounded polls (the harness is not an event loop): start-up
+ * 10 s, SIGTERM 15 s, cqrsctl 30 s.
+ */
+#include "harness.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef CQRSD_PATH
+#error "CQRSD_PATH must be defined by the build"
+#endif
+#ifndef CQRSCTL_PATH
+#error "CQRSCTL_PATH must be defined by the build"
+#endif
+
+#define HARNESS_START_MS 10000
+#define HARNESS_STOP_MS 15000
+#define HARNESS_CTL_MS 30000
+#define HARNESS_MAX_EXTRA 32
+
+/* Extra daemon arguments given to daemon_start, reused by daemon_restart.
+ * Criterion runs each test in its own process, so one set per process. */
+static char *harness_extra[HARNESS_MAX_EXTRA + 1];
+
+static int64_t harness_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void harness_nap_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+static void harness_log_path(const struct daemon *d, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s/cqrsd.log", d->dir);
+}
+
+/* Reads a whole file into a NUL-terminated malloc'd string ("" if absent). */
+static char *harness_slurp(const char *path)
+{
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        for (;;) {
+            if (cap - len < 4096) {
+                cap = cap ? cap * 2 : 8192;
+                char *n = realloc(buf, cap);
+                if (!n)
+                    break;
+                buf = n;
+            }
+            ssize_t r = read(fd, buf + len, cap - len - 1);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                break;
+            len += (size_t)r;
+        }
+        close(fd);
+    }
+    if (!buf) {
+        buf = malloc(1);
+        if (!buf)
+            abort();
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+static void harness_dump_log(const struct daemon *d, const char *why)
+{
+    char path[320];
+    harness_log_path(d, path, sizeof path);
+    char *log = harness_slurp(path);
+    fprintf(stderr, "---- %s; cqrsd log (%s) ----\n%s---- end of cqrsd log ----\n", why, path, log);
+    free(log);
+}
+
+/* 1 if the daemon's log holds a sanitizer report (its or a worker's). */
+static int harness_log_has_sanitizer_report(const struct daemon *d)
+{
+    char path[320];
+    harness_log_path(d, path, sizeof path);
+    char *log = harness_slurp(path);
+    int found = strstr(log, "Sanitizer") != NULL || strstr(log, "runtime error:") != NULL;
+    free(log);
+    return found;
+}
+
+/* Closes every fd from 3 up, in a child about to exec. */
+static void harness_close_from_3(void)
+{
+    if (close_range(3, ~0u, 0) == 0)
+        return;
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > 65536)
+        max = 65536;
+    for (int fd = 3; fd < max; fd++)
+        close(fd);
+}
+
+/* In a forked child: a clean signal state for the program it execs. */
+static void harness_child_signals(void)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
+}
+
+static void harness_spawn(struct daemon *d)
+{
+    char log[320];
+    harness_log_path(d, log, sizeof log);
+    int logfd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    cr_assert(logfd >= 0, "cannot open %s: %s", log, strerror(errno));
+
+    const char *argv[6 + HARNESS_MAX_EXTRA + 1];
+    int n = 0;
+    argv[n++] = CQRSD_PATH;
+    argv[n++] = "--socket";
+    argv[n++] = d->sock;
+    argv[n++] = "--data-dir";
+    argv[n++] = d->data;
+    for (int i = 0; harness_extra[i]; i++)
+        argv[n++] = harness_extra[i];
+    argv[n] = NULL;
+
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        setpgid(0, 0);
+        int null = open("/dev/null", O_RDONLY);
+        if (null < 0 || dup2(null, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
+            _exit(126);
+        harness_close_from_3();
+        harness_child_signals();
+        execv(argv[0], (char *const *)argv);
+        dprintf(2, "harness: cannot exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(pid, pid);   /* also here: no race with the child's own call */
+    close(logfd);
+    d->pid = pid;
+}
+
+/* 1 when `c` answers STATUS with at least one child, every one "running". */
+static int harness_all_running(struct cqrs_client *c, char *why, size_t whylen)
+{
+    Cqrs__Reply *r = NULL;
+    if (cqrs_client_control(c, CQRS__CONTROL__OP__STATUS, NULL, &r) < 0) {
+        snprintf(why, whylen, "STATUS failed: %s", strerror(errno));
+        return 0;
+    }
+    int ok = r->status == CQRS__STATUS__OK && r->n_children > 0;
+    if (r->status != CQRS__STATUS__OK)
+        snprintf(why, whylen, "STATUS answered %s: %s", cqrs_status_name(r->status), r->error);
+    else if (r->n_children == 0)
+        snprintf(why, whylen, "STATUS lists no children");
+    for (size_t i = 0; ok && i < r->n_children; i++) {
+        if (strcmp(r->children[i]->state, "running") != 0) {
+            snprintf(why, whylen, "child %s is %s", r->children[i]->name, r->children[i]->state);
+            ok = 0;
+        }
+    }
+    cqrs__reply__free_unpacked(r, NULL);
+    return ok;
+}
+
+/* Reaps the daemon if it has exited; returns 1 then, with its status. */
+static int harness_reaped(struct daemon *d, int *status)
+{
+    pid_t w = waitpid(d->pid, status, WNOHANG);
+    if (w == d->pid || (w < 0 && errno == ECHILD)) {
+        if (w < 0)
+            *status = -1;
+        kill(-d->pid, SIGKILL);   /* workers left behind by a dead daemon */
+        d->pid = 0;
+        return 1;
+    }
+    return 0;
+}
+
+static void harness_wait_ready(struct daemon *d)
+{
+    int64_t deadline = harness_now_ms() + HARNESS_START_MS;
+    char why[400] = "the socket never accepted a connection";
+    for (;;) {
+        int status;
+        if (harness_reaped(d, &status)) {
+            harness_dump_log(d, "cqrsd exited during start-up");
+            cr_assert_fail("cqrsd exited during start-up (wait status 0x%x)", status);
+        }
+        struct cqrs_client *c = cqrs_client_connect(d->sock);
+        if (c) {
+            int ok = harness_all_running(c, why, sizeof why);
+            cqrs_client_free(c);
+            if (ok)
+                return;
+        }
+        if (harness_now_ms() > deadline)
+            break;
+        harness_nap_ms(20);
+    }
+    harness_dump_log(d, "cqrsd did not become ready");
+    kill(-d->pid, SIGKILL);
+    waitpid(d->pid, NULL, 0);
+    d->pid = 0;
+    cr_assert_fail("cqrsd not ready after %d ms: %s", HARNESS_START_MS, why);
+}
+
+static void harness_free_extra(void)
+{
+    for (int i = 0; harness_extra[i]; i++) {
+        free(harness_extra[i]);
+        harness_extra[i] = NULL;
+    }
+}
+
+void daemon_start(struct daemon *d, ...)
+{
+    memset(d, 0, sizeof *d);
+    /* Writes to a connection the daemon closed must fail with EPIPE, not
+     * kill the test. */
+    signal(SIGPIPE, SIG_IGN);
+
+    harness_free_extra();
+    va_list ap;
+    va_start(ap, d);
+    int n = 0;
+    for (const char *a; (a = va_arg(ap, const char *)) != NULL;) {
+        cr_assert(n < HARNESS_MAX_EXTRA, "too many extra daemon arguments");
+        harness_extra[n] = strdup(a);
+        cr_assert(harness_extra[n], "out of memory");
+        n++;
+    }
+    va_end(ap);
+
+    strcpy(d->dir, "/tmp/cqrsd-it.XXXXXX");
+    cr_assert(mkdtemp(d->dir), "mkdtemp: %s", strerror(errno));
+    snprintf(d->sock, sizeof d->sock, "%s/cqrsd.sock", d->dir);
+    snprintf(d->data, sizeof d->data, "%s/data", d->dir);
+    harness_spawn(d);
+    harness_wait_ready(d);
+}
+
+void daemon_restart(struct daemon *d)
+{
+    cr_assert(d->pid == 0, "daemon_restart: cqrsd is still running (call daemon_stop first)");
+    cr_assert(d->dir[0], "daemon_restart: no daemon_start before");
+    harness_spawn(d);
+    harness_wait_ready(d);
+}
+
+/* SIGTERM, then waits up to `ms`; SIGKILLs the group if it does not go. */
+static int harness_terminate(struct daemon *d, int64_t ms)
+{
+    int status = -1;
+    if (d->pid <= 0)
+        return status;
+    if (harness_reaped(d, &status))
+        return status;
+    kill(d->pid, SIGTERM);
+    int64_t deadline = harness_now_ms() + ms;
+    while (harness_now_ms() < deadline) {
+        if (harness_reaped(d, &status))
+            return status;
+        harness_nap_ms(10);
+    }
+    harness_dump_log(d, "cqrsd ignored SIGTERM");
+    kill(-d->pid, SIGKILL);
+    while (waitpid(d->pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    d->pid = 0;
+    return status;
+}
+
+int daemon_stop(struct daemon *d)
+{
+    cr_assert(d->pid > 0, "daemon_stop: cqrsd is not running");
+    int status = harness_terminate(d, HARNESS_STOP_MS);
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+        harness_dump_log(d, "cqrsd did not exit 0 on SIGTERM");
+    if (harness_log_has_sanitizer_report(d)) {
+        harness_dump_log(d, "sanitizer report");
+        cr_assert_fail("cqrsd or a worker reported a sanitizer error (log above)");
+    }
+    return status;
+}
+
+static int harness_rm(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb; (void)flag; (void)ftw;
+    if (remove(path) < 0)
+        fprintf(stderr, "harness: cannot remove %s: %s\n", path, strerror(errno));
+    return 0;
+}
+
+void daemon_cleanup(struct daemon *d)
+{
+    int bad = 0;
+    if (d->pid > 0)
+        harness_terminate(d, 5000);
+    if (d->dir[0]) {
+        if (harness_log_has_sanitizer_report(d)) {
+            harness_dump_log(d, "sanitizer report");
+            bad = 1;
+        }
+        nftw(d->dir, harness_rm, 16, FTW_DEPTH | FTW_PHYS);
+    }
+    harness_free_extra();
+    memset(d, 0, sizeof *d);
+    /* Teardown assertions do not fail a criterion test; a crash does. */
+    if (bad) {
+        fprintf(stderr, "harness: failing the test: cqrsd or a worker reported a sanitizer error\n");
+        abort();
+    }
+}
+
+struct cqrs_client *daemon_connect(const struct daemon *d)
+{
+    struct cqrs_client *c = cqrs_client_connect(d->sock);
+    cr_assert(c, "cannot connect to %s: %s", d->sock, strerror(errno));
+    return c;
+}
+
+int daemon_connect_raw(const struct daemon *d)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    cr_assert(strlen(d->sock) < sizeof sa.sun_path, "socket path too long: %s", d->sock);
+    strcpy(sa.sun_path, d->sock);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert(fd >= 0, "socket: %s", strerror(errno));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        close(fd);
+        cr_assert_fail("cannot connect to %s: %s", d->sock, strerror(e));
+    }
+    return fd;
+}
+
+/* A temp file in the test's dir for a captured stream; its fd. */
+static int harness_capture_file(const struct daemon *d, const char *what, char *path, size_t len)
+{
+    snprintf(path, len, "%s/cqrsctl-%s.XXXXXX", d->dir, what);
+    int fd = mkostemp(path, O_CLOEXEC);
+    cr_assert(fd >= 0, "mkostemp %s: %s", path, strerror(errno));
+    return fd;
+}
+
+int run_cqrsctl(const struct daemon *d, char **out, char **err, ...)
+{
+    size_t n = 0, cap = 8;
+    const char **argv = malloc(cap * sizeof *argv);
+    cr_assert(argv, "out of memory");
+    argv[n++] = CQRSCTL_PATH;
+    argv[n++] = "-s";
+    argv[n++] = d->sock;
+    va_list ap;
+    va_start(ap, err);
+    for (const char *a;; ) {
+        a = va_arg(ap, const char *);
+        if (n + 1 >= cap) {
+            cap *= 2;
+            const char **na = realloc(argv, cap * sizeof *argv);
+            cr_assert(na, "out of memory");
+            argv = na;
+        }
+        argv[n++] = a;
+        if (!a)
+            break;
+    }
+    va_end(ap);
+
+    char out_path[400], err_path[400];
+    int out_fd = harness_capture_file(d, "out", out_path, sizeof out_path);
+    int err_fd = harness_capture_file(d, "err", err_path, sizeof err_path);
+
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDONLY);
+        if (null < 0 || dup2(null, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
+            _exit(126);
+        harness_close_from_3();
+        harness_child_signals();
+        execv(argv[0], (char *const *)argv);
+        dprintf(2, "harness: cannot exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(out_fd);
+    close(err_fd);
+    free(argv);
+
+    int status = 0, done = 0;
+    int64_t deadline = harness_now_ms() + HARNESS_CTL_MS;
+    while (!done && harness_now_ms() < deadline) {
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid)
+            done = 1;
+        else
+            harness_nap_ms(5);
+    }
+    if (!done) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    char *o = harness_slurp(out_path), *e = harness_slurp(err_path);
+    unlink(out_path);
+    unlink(err_path);
+    cr_assert(done, "cqrsctl did not finish within %d ms; stdout:\n%s\nstderr:\n%s",
+              HARNESS_CTL_MS, o, e);
+    if (out)
+        *out = o;
+    else
+        free(o);
+    if (err)
+        *err = e;
+    else
+        free(e);
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    return 128 + WTERMSIG(status);
+}
+
+Cqrs__Reply *send_cmd(struct cqrs_client *c, const char *type, const char *id,
+                      const ProtobufCMessage *msg, const char *command_id,
+                      long long expected_version)
+{
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    uint8_t *buf = malloc(len ? len : 1);
+    cr_assert(buf, "out of memory");
+    protobuf_c_message_pack(msg, buf);
+    Cqrs__Reply *r = NULL;
+    int rc = cqrs_client_command(c, type, id, msg->descriptor->short_name, buf, len,
+                                 command_id, (int64_t)expected_version, &r);
+    int e = errno;
+    free(buf);
+    cr_assert(rc == 0, "%s %s %s: no reply: %s", msg->descriptor->short_name, type, id,
+              strerror(e));
+    return r;
+}
