@@ -70,6 +70,22 @@ static int evlog_all_zero(const uint8_t *p, size_t n)
     return 1;
 }
 
+/* Is there a whole record with a good checksum anywhere in buf[from..size)?
+ * An EventRecord's payload starts with its version (field 1, varint: 0x08),
+ * which makes the search cheap. */
+static int evlog_valid_record_after(const uint8_t *buf, off_t from, off_t size)
+{
+    for (off_t p = from; p + EVLOG_HEADER_LEN < size; p++) {
+        uint32_t len = frame_get32(buf + p);
+        if (len == 0 || len > EVLOG_MAX_RECORD || (off_t)len > size - p - EVLOG_HEADER_LEN ||
+            buf[p + EVLOG_HEADER_LEN] != 0x08)
+            continue;
+        if (crc32c(0, buf + p + EVLOG_HEADER_LEN, len) == frame_get32(buf + p + 4))
+            return 1;
+    }
+    return 0;
+}
+
 /* Walks the records of buf[0..size); see the recovery rules in evlog.h.
  * Sets *good_end to the end of the last good record. */
 static int evlog_scan(const uint8_t *buf, off_t size, evlog_replay_fn fn, void *arg,
@@ -86,11 +102,11 @@ static int evlog_scan(const uint8_t *buf, off_t size, evlog_replay_fn fn, void *
             break;                                  /* zero-filled tail */
         if (len == 0 || len > EVLOG_MAX_RECORD) {
             if (len > EVLOG_MAX_RECORD && (off_t)len > left - EVLOG_HEADER_LEN)
-                break;                              /* runs past the end */
+                goto past_end;
             return evlog_corrupt(info, "record at byte %lld has an impossible length", pos);
         }
         if ((off_t)len > left - EVLOG_HEADER_LEN)
-            break;                                  /* runs past the end */
+            goto past_end;
         const uint8_t *payload = buf + pos + EVLOG_HEADER_LEN;
         off_t end = pos + EVLOG_HEADER_LEN + len;
         if (crc32c(0, payload, len) != crc) {
@@ -113,6 +129,15 @@ static int evlog_scan(const uint8_t *buf, off_t size, evlog_replay_fn fn, void *
         pos = end;
         *good_end = end;
     }
+    return 0;
+
+past_end:
+    /* A crash tears only the last write, so nothing valid can follow a torn
+     * record; if something does, the length itself was damaged, and cutting
+     * here would throw acknowledged events away. */
+    if (evlog_valid_record_after(buf, pos + 1, size))
+        return evlog_corrupt(info, "record at byte %lld has a damaged length (valid records follow)",
+                             pos);
     return 0;
 }
 

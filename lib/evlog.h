@@ -20,7 +20,10 @@
  *     truncated away and the caller is told how many bytes went;
  *   - anything else that fails (bad magic, a bad record followed by more
  *     bytes, an undecodable payload, a version out of sequence) is
- *     corruption: EVLOG_CORRUPT, and the file is left as it is.
+ *     corruption: EVLOG_CORRUPT, and the file is left as it is; so is a
+ *     record that claims to run past the end while a whole record with a
+ *     good CRC lies further on (its length was damaged: cutting there would
+ *     lose acknowledged events).
  *
  * Appends write a whole batch with one write at the end of the file, then
  * (when asked) fdatasync; on failure the file is cut back to its previous

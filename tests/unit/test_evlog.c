@@ -444,6 +444,18 @@ Test(evlog, bad_crc_in_a_middle_record_is_corruption_and_the_file_is_kept)
                        info.detail, where);
 }
 
+Test(evlog, damaged_length_in_a_middle_record_is_corruption_not_a_torn_tail)
+{
+    /* record 2's length now points past the end of the file: read alone it
+     * looks torn, but record 3 follows intact, so cutting would lose it */
+    size_t n1 = encode(1, 0);
+    encode(2, 0);
+    encode(3, 0);
+    frame_set32(ENC + n1, 0x00ffffff);
+    write_log_of_enc();
+    expect_corrupt_untouched("damaged length of record 2 of 3");
+}
+
 Test(evlog, bad_magic_is_corruption)
 {
     encode(1, 0);
