@@ -22,7 +22,7 @@ static int control_status(struct sup *sup, Cqrs__Reply *r, struct evbuffer *out)
     for (size_t i = 0; i < n; i++) {
         struct child *c = sup_child(sup, i);
         cqrs__child_info__init(&infos[i]);
-        infos[i].name = c->name;
+        infos[i].name = c->cfg.name;
         infos[i].pid = (int32_t)c->pid;
         infos[i].state = (char *)sup_state_name(c);
         infos[i].restarts = c->restarts;
@@ -53,13 +53,16 @@ int control_reply(struct sup *sup, uint64_t id, const Cqrs__Control *ctl, struct
     } else if (!c) {
         r.status = CQRS__STATUS__INVALID;
         snprintf(msg, sizeof msg, "no child named \"%.64s\"", ctl->child);
-    } else if (c->pid <= 0) {
+    } else if (c->pid <= 0 && ctl->op == CQRS__CONTROL__OP__KILL) {
         r.status = CQRS__STATUS__UNAVAILABLE;
         snprintf(msg, sizeof msg, "child %s is not running", c->name);
+    } else if (ctl->op == CQRS__CONTROL__OP__KILL) {
+        log_info("control: killing child %s (pid %d)", c->name, (int)c->pid);
+        kill(c->pid, SIGKILL);
+        msg[0] = '\0';
     } else {
-        int sig = ctl->op == CQRS__CONTROL__OP__KILL ? SIGKILL : SIGTERM;
-        log_info("control: sending signal %d to child %s (pid %d)", sig, c->name, (int)c->pid);
-        kill(c->pid, sig);
+        log_info("control: restarting child %s (pid %d)", c->name, (int)c->pid);
+        sup_restart_child(c);
         msg[0] = '\0';
     }
     r.error = msg;

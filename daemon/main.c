@@ -1,13 +1,14 @@
 /*
  * cqrsd — the root supervisor and router.
  *
- *   cqrsd [--socket PATH] [--data-dir DIR] [--help] [--version]
+ *   cqrsd [--config FILE] [--socket PATH] [--data-dir DIR] [--help] [--version]
  *
- * Starts one cqrs-worker per aggregate type (in registry order: wallet,
+ * Starts one cqrs-worker per child of its configuration (built in: wallet,
  * then account), each ready before the next; then accepts clients on the
  * Unix socket. SIGTERM or SIGINT: stop accepting, stop the workers in
- * reverse order, exit 0. Exits 1 when a worker fails to start or restarts
- * too often (systemd, the parent supervisor, decides what next).
+ * reverse order, deliver the last replies, exit 0. Exits 1 when a worker
+ * fails to start or restarts too often (systemd, the parent supervisor,
+ * decides what next), 78 when the configuration is wrong.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -23,6 +24,7 @@
 #include <event2/event.h>
 
 #include "aggregate.h"
+#include "config.h"
 #include "frame.h"
 #include "log.h"
 #include "router.h"
@@ -49,18 +51,21 @@ static void daemon_on_signal(evutil_socket_t sig, short what, void *arg)
 static void daemon_usage(FILE *f)
 {
     fprintf(f,
-            "usage: cqrsd [--socket PATH] [--data-dir DIR]\n"
+            "usage: cqrsd [--config FILE] [--socket PATH] [--data-dir DIR]\n"
             "\n"
             "Supervises one cqrs-worker per aggregate type and routes client\n"
             "commands and queries to them over a Unix socket.\n"
             "\n"
+            "  --config FILE    supervisor and children (INI; default: built in,\n"
+            "                   children wallet then account, one_for_one)\n"
             "  --socket PATH    client socket (default %s)\n"
             "  --data-dir DIR   event logs (default %s)\n"
             "  --help           this text\n"
             "  --version        the version\n"
             "\n"
             "SIGTERM or SIGINT stops the workers in reverse order and exits 0;\n"
-            "exit status 1 means a worker failed to start or restarted too often.\n",
+            "exit status 1 means a worker failed to start or restarted too often,\n"
+            "78 that the configuration is wrong.\n",
             DEFAULT_SOCKET, DEFAULT_DATA_DIR);
 }
 
@@ -88,7 +93,9 @@ int main(int argc, char **argv)
         snprintf(runtime_sock, sizeof runtime_sock, "%s/cqrsd.sock", getenv("RUNTIME_DIRECTORY"));
         socket_path = runtime_sock;
     }
+    const char *config_path = NULL;
     static const struct option opts[] = {
+        { "config", required_argument, NULL, 'c' },
         { "socket", required_argument, NULL, 's' },
         { "data-dir", required_argument, NULL, 'd' },
         { "help", no_argument, NULL, 'h' },
@@ -96,8 +103,9 @@ int main(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     int c;
-    while ((c = getopt_long(argc, argv, "s:d:hV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:s:d:hV", opts, NULL)) != -1) {
         switch (c) {
+        case 'c': config_path = optarg; break;
         case 's': socket_path = optarg; break;
         case 'd': data_dir = optarg; break;
         case 'h': daemon_usage(stdout); return 0;
@@ -109,6 +117,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "cqrsd: unexpected argument \"%s\"\n", argv[optind]);
         daemon_usage(stderr);
         return 64;
+    }
+    struct cqrsd_config cfg;
+    char err[512];
+    if (!config_path) {
+        config_defaults(&cfg);
+    } else if (config_load(config_path, &cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "cqrsd: %s\n", err);
+        return 78;
     }
     log_init("cqrsd", getenv("CQRS_DEBUG") ? LOG_LVL_DEBUG : LOG_LVL_INFO);
     signal(SIGPIPE, SIG_IGN);
@@ -128,11 +144,6 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    const char *children[16];
-    size_t n_children = 0;
-    for (size_t i = 0; aggregate_registry[i] && n_children < 16; i++)
-        children[n_children++] = aggregate_registry[i]->name;
-
     struct daemon d = { 0 };
     d.base = event_base_new();
     if (!d.base) {
@@ -145,20 +156,14 @@ int main(int argc, char **argv)
         event_base_free(d.base);
         return 1;
     }
-    struct sup_config scfg = {
+    struct sup_options sopt = {
         .worker_path = worker,
         .data_dir = data_abs,
-        .children = children,
-        .n_children = n_children,
-        .intensity = 5,
-        .period_s = 10,
-        .start_timeout_ms = 5000,
-        .shutdown_timeout_ms = 5000,
         .wait_timeout_ms = 5000,
         .wait_limit = 10000,
     };
     struct sup_hooks hooks = router_sup_hooks(d.router);
-    d.sup = sup_new(d.base, &scfg, &hooks);
+    d.sup = sup_new(d.base, &cfg, &sopt, &hooks);
     if (!d.sup) {
         log_error("cannot set up the supervisor");
         return 1;
@@ -170,10 +175,17 @@ int main(int argc, char **argv)
     event_add(sigterm, NULL);
     event_add(sigint, NULL);
 
-    log_info("cqrsd %s starting: socket %s, data %s", CQRS_VERSION, socket_path, data_abs);
-    if (sup_start(d.sup) < 0)
-        sup_stop(d.sup);
+    log_info("cqrsd %s starting: socket %s, data %s, %s%s", CQRS_VERSION, socket_path, data_abs,
+             config_path ? "config " : "built-in config", config_path ? config_path : "");
+    sup_start(d.sup);
     event_base_dispatch(d.base);
+
+    /* The workers are stopped; their last replies go out (1 s at most). */
+    if (router_drain(d.router) > 0) {
+        struct timeval grace = { 1, 0 };
+        event_base_loopexit(d.base, &grace);
+        event_base_dispatch(d.base);
+    }
 
     int code = sup_exit_code(d.sup);
     log_info("stopped%s", code ? " after giving up" : "");

@@ -36,9 +36,26 @@ struct pending {              /* a request inside (or held for) a worker */
     uint64_t tag;
     uint64_t conn_id;
     uint64_t req_id;
+    uint64_t key;             /* what it is, for poison detection */
     struct child *child;
     UT_hash_handle hh;
 };
+
+struct keyset {               /* a set of request keys */
+    uint64_t key;
+    UT_hash_handle hh;
+};
+
+/* Poison commands: the keys in flight in a child at its last crash, and
+ * those that were in flight at two consecutive crashes (never delivered
+ * again). */
+struct poison {
+    struct keyset *last_crash;
+    struct keyset *parked;
+    size_t n_parked;
+};
+
+#define ROUTER_MAX_PARKED 1024
 
 struct router {
     struct event_base *base;
@@ -48,14 +65,102 @@ struct router {
     struct sup *sup;
     struct conn *conns;
     struct pending *pending;
+    struct poison poison[CONFIG_MAX_CHILDREN];
     uint64_t next_conn, next_tag;
+    int draining;             /* shut down: leave the loop once every client is answered */
 };
 
 static void router_conn_free(struct conn *c)
 {
-    HASH_DEL(c->router->conns, c);
+    struct router *r = c->router;
+    HASH_DEL(r->conns, c);
     bufferevent_free(c->bev);
     free(c);
+    if (r->draining && !r->conns)
+        event_base_loopbreak(r->base);
+}
+
+/* ---- poison commands ------------------------------------------------------ */
+
+static uint64_t router_fnv(uint64_t h, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return (h ^ 0xff) * 0x100000001b3ULL;   /* a separator between parts */
+}
+
+/* The identity of a request across retries: its command_id, or else its
+ * content (never its request id). */
+static uint64_t router_key(const Cqrs__Request *req)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    if (req->body_case == CQRS__REQUEST__BODY_COMMAND) {
+        const Cqrs__Command *c = req->command;
+        h = router_fnv(h, c->aggregate_type, strlen(c->aggregate_type));
+        h = router_fnv(h, c->aggregate_id, strlen(c->aggregate_id));
+        if (c->command_id[0])
+            return router_fnv(h, c->command_id, strlen(c->command_id));
+        h = router_fnv(h, c->name, strlen(c->name));
+        return router_fnv(h, c->payload.data, c->payload.len);
+    }
+    const Cqrs__Query *q = req->query;
+    h = router_fnv(h, "query", 5);
+    h = router_fnv(h, q->aggregate_type, strlen(q->aggregate_type));
+    h = router_fnv(h, q->aggregate_id, strlen(q->aggregate_id));
+    uint64_t parts[3] = { (uint64_t)q->kind, q->from_version, q->max_count };
+    return router_fnv(h, parts, sizeof parts);
+}
+
+static int keyset_has(struct keyset *set, uint64_t key)
+{
+    struct keyset *k;
+    HASH_FIND(hh, set, &key, sizeof key, k);
+    return k != NULL;
+}
+
+static void keyset_add(struct keyset **set, uint64_t key)
+{
+    if (keyset_has(*set, key))
+        return;
+    struct keyset *k = malloc(sizeof *k);
+    if (!k)
+        return;   /* poison detection is best effort */
+    k->key = key;
+    HASH_ADD(hh, *set, key, sizeof k->key, k);
+}
+
+static void keyset_clear(struct keyset **set)
+{
+    struct keyset *k, *tmp;
+    HASH_ITER(hh, *set, k, tmp) {
+        HASH_DEL(*set, k);
+        free(k);
+    }
+}
+
+/* `ch` died with the keys of `crash` in flight: park those that were also
+ * in flight at its previous crash. */
+static void router_note_crash(struct router *r, struct child *ch, struct keyset *crash)
+{
+    struct poison *p = &r->poison[ch->index];
+    struct keyset *k, *tmp;
+    HASH_ITER(hh, crash, k, tmp) {
+        if (keyset_has(p->last_crash, k->key) && !keyset_has(p->parked, k->key)) {
+            if (p->n_parked == ROUTER_MAX_PARKED) {   /* the oldest goes */
+                struct keyset *old = p->parked;
+                HASH_DEL(p->parked, old);
+                free(old);
+                p->n_parked--;
+            }
+            keyset_add(&p->parked, k->key);
+            p->n_parked++;
+            log_warn("a request to %s was in flight at two consecutive crashes of its worker: "
+                     "parked, it will be refused", ch->name);
+        }
+    }
+    keyset_clear(&p->last_crash);
+    p->last_crash = crash;
 }
 
 __attribute__((format(printf, 4, 5)))
@@ -100,9 +205,10 @@ static void router_answer(struct router *r, struct pending *p, Cqrs__Status st, 
         router_conn_answered(c);
 }
 
-static void router_route(struct router *r, struct conn *c, uint64_t req_id, const char *type,
-                         const char *id, const uint8_t *body, uint32_t len)
+static void router_route(struct router *r, struct conn *c, const Cqrs__Request *req,
+                         const char *type, const char *id, const uint8_t *body, uint32_t len)
 {
+    uint64_t req_id = req->id;
     struct child *ch = sup_find(r->sup, type);
     if (!ch) {
         router_error(c, req_id, CQRS__STATUS__INVALID, "unknown aggregate type \"%.64s\"", type);
@@ -113,16 +219,26 @@ static void router_route(struct router *r, struct conn *c, uint64_t req_id, cons
                      "aggregate id must be 1 to 128 of A-Z a-z 0-9 . _ - and not . or ..");
         return;
     }
+    uint64_t key = router_key(req);
+    if (keyset_has(r->poison[ch->index].parked, key)) {
+        router_error(c, req_id, CQRS__STATUS__REJECTED,
+                     "this command crashed the worker twice; it is not delivered again");
+        return;
+    }
     struct pending *p = malloc(sizeof *p);
     if (!p) {
         router_error(c, req_id, CQRS__STATUS__BUSY, "cqrsd is out of memory");
         return;
     }
-    *p = (struct pending){ .tag = ++r->next_tag, .conn_id = c->id, .req_id = req_id, .child = ch };
+    *p = (struct pending){ .tag = ++r->next_tag, .conn_id = c->id, .req_id = req_id, .key = key,
+                           .child = ch };
     if (sup_send(ch, p->tag, body, len) < 0) {
         free(p);
-        router_error(c, req_id, CQRS__STATUS__BUSY, "the %s worker has too many requests waiting",
-                     ch->name);
+        if (errno == ESRCH)
+            router_error(c, req_id, CQRS__STATUS__UNAVAILABLE, "the %s worker is stopped", ch->name);
+        else
+            router_error(c, req_id, CQRS__STATUS__BUSY,
+                         "the %s worker has too many requests waiting", ch->name);
         return;
     }
     HASH_ADD(hh, r->pending, tag, sizeof p->tag, p);
@@ -145,11 +261,11 @@ static void router_on_frame(struct router *r, struct conn *c, const uint8_t *bod
             if (!req->command->name[0])
                 router_error(c, req->id, CQRS__STATUS__INVALID, "command has no name");
             else
-                router_route(r, c, req->id, req->command->aggregate_type,
+                router_route(r, c, req, req->command->aggregate_type,
                              req->command->aggregate_id, body, len);
             break;
         case CQRS__REQUEST__BODY_QUERY:
-            router_route(r, c, req->id, req->query->aggregate_type, req->query->aggregate_id,
+            router_route(r, c, req, req->query->aggregate_type, req->query->aggregate_id,
                          body, len);
             break;
         case CQRS__REQUEST__BODY_CONTROL:
@@ -261,10 +377,18 @@ static void router_on_reply(void *arg, struct child *ch, uint64_t tag, const uin
     }
 }
 
-/* Answers every pending request of `ch` with UNAVAILABLE. */
+/* `ch` died: every request it had is answered UNAVAILABLE, and remembered
+ * for poison detection. */
 static void router_fail_child(void *arg, struct child *ch, const char *reason)
 {
     struct router *r = arg;
+    struct keyset *crash = NULL;
+    struct pending *q, *qtmp;
+    HASH_ITER(hh, r->pending, q, qtmp) {
+        if (q->child == ch)
+            keyset_add(&crash, q->key);
+    }
+    router_note_crash(r, ch, crash);
     char why[300];
     snprintf(why, sizeof why, "%s; the command may or may not have been applied: retry it "
              "with the same command_id", reason);
@@ -392,6 +516,25 @@ void router_free(struct router *r)
         HASH_DEL(r->pending, p);
         free(p);
     }
+    for (size_t i = 0; i < CONFIG_MAX_CHILDREN; i++) {
+        keyset_clear(&r->poison[i].last_crash);
+        keyset_clear(&r->poison[i].parked);
+    }
     free(r->path);
     free(r);
+}
+
+int router_drain(struct router *r)
+{
+    router_close_listener(r);
+    r->draining = 1;
+    struct conn *c, *tmp;
+    HASH_ITER(hh, r->conns, c, tmp) {
+        if (!c->closing) {
+            c->closing = 1;
+            bufferevent_disable(c->bev, EV_READ);
+            router_on_write(c->bev, c);
+        }
+    }
+    return HASH_COUNT(r->conns);
 }

@@ -9,6 +9,12 @@
  * aggregate type under a fresh tag. A worker's reply already carries the
  * client's request id, so it goes back to the connection unchanged.
  * Requests in a worker that dies are answered UNAVAILABLE.
+ *
+ * Poison commands: a request (same command_id, or same content without
+ * one) that was inside a worker at two consecutive crashes of that worker
+ * is refused with REJECTED from then on instead of being delivered again,
+ * so one request that kills its worker cannot use up the restart intensity
+ * and take the whole daemon down.
  */
 #ifndef CQRS_ROUTER_H
 #define CQRS_ROUTER_H
@@ -33,5 +39,9 @@ void router_set_sup(struct router *r, struct sup *sup);
 struct sup_hooks router_sup_hooks(struct router *r);
 /* Stops accepting new connections (shutdown). */
 void router_close_listener(struct router *r);
+/* Shutdown, after the workers are stopped: closes every connection once
+ * its output is written. Returns how many are still writing; the event loop
+ * is broken when the last one goes. */
+int router_drain(struct router *r);
 
 #endif

@@ -2,12 +2,11 @@
 #include "sup.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -15,21 +14,26 @@
 
 #include <event2/buffer.h>
 
-#include "cqrs.pb-c.h"
 #include "frame.h"
 #include "log.h"
 
 #define SUP_MAX_FRAME (64u << 20)   /* workers are ours, but still bounded */
 
+extern char **environ;
+
 struct sup {
     struct event_base *base;
-    struct sup_config cfg;
+    struct cqrsd_config cfg;
+    struct sup_options opt;
     struct sup_hooks hooks;
     struct child *children;
     size_t n;
     struct sup_policy policy;
     struct event *sigchld;
-    int booting;        /* children are being started for the first time */
+    struct event *heartbeat;
+    size_t stop_q[CONFIG_MAX_CHILDREN], n_stop;     /* the plan: stop these, */
+    size_t start_q[CONFIG_MAX_CHILDREN], n_start;   /* then start these */
+    int booting;        /* the first start of every child */
     int stopping;
     int exit_code;
 };
@@ -54,16 +58,39 @@ static void sup_arm(struct event *ev, unsigned ms)
     evtimer_add(ev, &tv);
 }
 
-static int sup_spawn(struct child *c);
-static void sup_stop_next(struct sup *s);
+static void sup_step(struct sup *s);
+
+static int sup_queued_to_start(const struct sup *s, const struct child *c)
+{
+    for (size_t i = 0; i < s->n_start; i++)
+        if (s->start_q[i] == (size_t)c->index)
+            return 1;
+    return 0;
+}
 
 const char *sup_state_name(const struct child *c)
 {
     switch (c->state) {
     case CHILD_RUNNING: return "running";
     case CHILD_STARTING: return c->restarts ? "restarting" : "starting";
-    default: return "stopped";
+    default: return sup_queued_to_start(c->sup, c) ? "restarting" : "stopped";
     }
+}
+
+/* ---- the plan ------------------------------------------------------------- */
+
+static void sup_plan_stop(struct sup *s, struct child *c)
+{
+    for (size_t i = 0; i < s->n_stop; i++)
+        if (s->stop_q[i] == (size_t)c->index)
+            return;
+    s->stop_q[s->n_stop++] = (size_t)c->index;
+}
+
+static void sup_plan_start(struct sup *s, struct child *c)
+{
+    if (!sup_queued_to_start(s, c))
+        s->start_q[s->n_start++] = (size_t)c->index;
 }
 
 /* Gives up: stops everything and exits 1 (systemd decides what next). */
@@ -75,29 +102,148 @@ static void sup_give_up(struct sup *s)
     sup_stop(s);
 }
 
-static void sup_on_ready(struct child *c)
+/* SIGTERM (or SIGKILL for brutal_kill), then SIGKILL after its shutdown time. */
+static void sup_terminate(struct child *c)
+{
+    c->terminating = 1;
+    evtimer_del(c->timer);
+    if (c->cfg.shutdown_ms == CONFIG_BRUTAL_KILL) {
+        log_info("stopping child %s (pid %d): brutal_kill", c->name, (int)c->pid);
+        kill(c->pid, SIGKILL);
+    } else {
+        log_info("stopping child %s (pid %d)", c->name, (int)c->pid);
+        kill(c->pid, SIGTERM);
+        sup_arm(c->timer, (unsigned)c->cfg.shutdown_ms);
+    }
+}
+
+static void sup_on_read(struct bufferevent *bev, void *arg);
+static void sup_on_bev_event(struct bufferevent *bev, short what, void *arg);
+
+/* posix_spawn (vfork-like: the daemon's size does not matter) of the worker
+ * with its end of a socketpair as fd 3. The worker sets PR_SET_PDEATHSIG
+ * itself and checks that its parent is still the pid it was given. */
+static int sup_spawn(struct child *c)
 {
     struct sup *s = c->sup;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        log_error("child %s: socketpair: %s", c->name, strerror(errno));
+        return -1;
+    }
+    char ppid[16];
+    snprintf(ppid, sizeof ppid, "%d", (int)getpid());
+    char *argv[] = { "cqrs-worker", "--type", (char *)c->name, "--data-dir",
+                     (char *)s->opt.data_dir, "--fd", "3", "--supervisor-pid", ppid, NULL };
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    sigset_t none, defaults;
+    sigemptyset(&none);
+    sigemptyset(&defaults);
+    sigaddset(&defaults, SIGPIPE);   /* ignored here, default in the worker */
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
+    posix_spawnattr_init(&at);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setsigdefault(&at, &defaults);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    pid_t pid;
+    int rc = posix_spawn(&pid, s->opt.worker_path, &fa, &at, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    close(sv[1]);
+    if (rc != 0) {
+        log_error("child %s: cannot run %s: %s", c->name, s->opt.worker_path, strerror(rc));
+        close(sv[0]);
+        return -1;
+    }
+    evutil_make_socket_nonblocking(sv[0]);
+    c->bev = bufferevent_socket_new(s->base, sv[0], BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev) {
+        log_error("child %s: cannot set up its socket", c->name);
+        close(sv[0]);
+        kill(pid, SIGKILL);
+        return -1;
+    }
+    bufferevent_set_max_single_read(c->bev, 1 << 20);
+    bufferevent_setcb(c->bev, sup_on_read, NULL, sup_on_bev_event, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    if (c->started)
+        c->restarts++;
+    c->started = 1;
+    c->pid = pid;
+    c->state = CHILD_STARTING;
+    c->ping_out = 0;
+    c->exit_noted = 0;
+    c->started_at_us = sup_now_us();
+    sup_arm(c->timer, s->cfg.start_timeout_ms);
+    log_info("child %s starting (pid %d)", c->name, (int)pid);
+    return 0;
+}
+
+/* Carries the plan out: one child stopping or starting at a time. */
+static void sup_step(struct sup *s)
+{
+    for (;;) {
+        for (size_t i = 0; i < s->n; i++) {
+            struct child *c = &s->children[i];
+            if (c->pid > 0 && (c->terminating || (c->state == CHILD_STARTING && !s->stopping)))
+                return;   /* wait for its exit, or its ready */
+        }
+        if (s->n_stop) {
+            struct child *c = &s->children[s->stop_q[0]];
+            memmove(s->stop_q, s->stop_q + 1, --s->n_stop * sizeof *s->stop_q);
+            if (c->pid > 0) {
+                sup_terminate(c);
+                return;
+            }
+            continue;
+        }
+        if (s->n_start && !s->stopping) {
+            struct child *c = &s->children[s->start_q[0]];
+            memmove(s->start_q, s->start_q + 1, --s->n_start * sizeof *s->start_q);
+            if (c->pid > 0)
+                continue;
+            if (sup_spawn(c) == 0)
+                return;
+            snprintf(c->last_exit, sizeof c->last_exit, "could not be started");
+            sup_give_up(s);
+            return;
+        }
+        break;
+    }
+    if (s->stopping) {
+        /* Everything held can never be delivered now. */
+        for (size_t i = 0; i < s->n; i++) {
+            struct child *c = &s->children[i];
+            if (c->n_waiting) {
+                evbuffer_drain(c->waiting, evbuffer_get_length(c->waiting));
+                c->n_waiting = 0;
+                s->hooks.expire(s->hooks.arg, c, "cqrsd is shutting down");
+            }
+        }
+        event_base_loopexit(s->base, NULL);
+    } else if (s->booting) {
+        s->booting = 0;
+        log_info("all %zu children running (%s)", s->n, config_strategy_name(s->cfg.strategy));
+        if (s->hooks.booted)
+            s->hooks.booted(s->hooks.arg);
+    }
+}
+
+/* ---- events from children -------------------------------------------------- */
+
+static void sup_on_ready(struct child *c)
+{
     c->state = CHILD_RUNNING;
     evtimer_del(c->timer);
     evtimer_del(c->wait_timer);
-    log_info("child %s running (pid %d%s)", c->name, (int)c->pid,
-             c->restarts ? ", restarted" : "");
+    log_info("child %s running (pid %d%s)", c->name, (int)c->pid, c->restarts ? ", restarted" : "");
     if (c->n_waiting) {
         evbuffer_add_buffer(bufferevent_get_output(c->bev), c->waiting);
         c->n_waiting = 0;
     }
-    if (s->booting) {
-        if ((size_t)c->index + 1 < s->n) {
-            if (sup_spawn(&s->children[c->index + 1]) < 0)
-                sup_give_up(s);
-        } else {
-            s->booting = 0;
-            log_info("all %zu children running", s->n);
-            if (s->hooks.booted)
-                s->hooks.booted(s->hooks.arg);
-        }
-    }
+    sup_step(c->sup);
 }
 
 static void sup_on_read(struct bufferevent *bev, void *arg)
@@ -108,21 +254,25 @@ static void sup_on_read(struct bufferevent *bev, void *arg)
     enum frame_status st;
     while ((st = frame_next(in, SUP_MAX_FRAME, &f)) == FRAME_OK) {
         if (frame_untag(&f) < 0) {
-            st = FRAME_TOO_BIG;   /* malformed: treat like any bad frame */
+            st = FRAME_TOO_BIG;   /* malformed: treated like any bad frame */
             break;
         }
         if (f.tag == 0) {
             if (c->state == CHILD_STARTING)
                 sup_on_ready(c);
-        } else {
+            else
+                c->ping_out = 0;   /* pong */
+        } else if (c->state == CHILD_RUNNING) {
             c->sup->hooks.reply(c->sup->hooks.arg, c, f.tag, f.body, f.len);
         }
         frame_consume(in, &f);
         if (!c->bev)
-            return;   /* the hook closed this child */
+            return;   /* a hook closed this child */
     }
     if (st == FRAME_TOO_BIG && c->pid > 0) {
         log_error("child %s (pid %d) sent a malformed frame; killing it", c->name, (int)c->pid);
+        snprintf(c->last_exit, sizeof c->last_exit, "killed: sent a malformed frame");
+        c->exit_noted = 1;
         bufferevent_disable(bev, EV_READ);
         kill(c->pid, SIGKILL);
     }
@@ -142,17 +292,47 @@ static void sup_on_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (c->pid <= 0)
         return;
-    if (c->state == CHILD_STARTING && !c->sup->stopping) {
+    if (c->terminating) {
+        log_warn("child %s (pid %d) still running %d ms after SIGTERM; sending SIGKILL", c->name,
+                 (int)c->pid, c->cfg.shutdown_ms);
+    } else if (c->state == CHILD_STARTING) {
         log_error("child %s (pid %d) did not report ready within %u ms; killing it", c->name,
                   (int)c->pid, c->sup->cfg.start_timeout_ms);
         snprintf(c->last_exit, sizeof c->last_exit, "did not report ready within %u ms",
                  c->sup->cfg.start_timeout_ms);
-        c->timed_out = 1;
-    } else {
-        log_warn("child %s (pid %d) still running %u ms after SIGTERM; sending SIGKILL", c->name,
-                 (int)c->pid, c->sup->cfg.shutdown_timeout_ms);
+        c->exit_noted = 1;
     }
     kill(c->pid, SIGKILL);
+}
+
+static void sup_on_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+    struct sup *s = arg;
+    (void)fd;
+    (void)what;
+    int64_t now = sup_mono_us();
+    for (size_t i = 0; i < s->n; i++) {
+        struct child *c = &s->children[i];
+        if (c->state != CHILD_RUNNING || c->terminating || !c->bev)
+            continue;
+        if (c->ping_out) {
+            if (now - c->ping_sent_us >= (int64_t)s->cfg.heartbeat_timeout_ms * 1000) {
+                log_error("child %s (pid %d) is hung: no heartbeat for %u ms; killing it", c->name,
+                          (int)c->pid, s->cfg.heartbeat_timeout_ms);
+                snprintf(c->last_exit, sizeof c->last_exit, "hung: no heartbeat for %u ms",
+                         s->cfg.heartbeat_timeout_ms);
+                c->exit_noted = 1;
+                c->ping_out = 0;
+                kill(c->pid, SIGKILL);
+            }
+        } else {
+            uint64_t zero = 0;
+            if (frame_put_bytes(bufferevent_get_output(c->bev), &zero, NULL, 0) == 0) {
+                c->ping_out = 1;
+                c->ping_sent_us = now;
+            }
+        }
+    }
 }
 
 static void sup_on_wait_timer(evutil_socket_t fd, short what, void *arg)
@@ -164,87 +344,55 @@ static void sup_on_wait_timer(evutil_socket_t fd, short what, void *arg)
         return;
     char reason[160];
     snprintf(reason, sizeof reason, "the %s worker was not ready within %u ms", c->name,
-             c->sup->cfg.wait_timeout_ms);
+             c->sup->opt.wait_timeout_ms);
     evbuffer_drain(c->waiting, evbuffer_get_length(c->waiting));
     c->n_waiting = 0;
     c->sup->hooks.expire(c->sup->hooks.arg, c, reason);
 }
 
-static int sup_spawn(struct child *c)
+/* Queues the restart of `c` and of the siblings its strategy takes along. */
+static void sup_plan_restart(struct sup *s, struct child *c)
 {
-    struct sup *s = c->sup;
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-        log_error("child %s: socketpair: %s", c->name, strerror(errno));
-        return -1;
+    size_t first = 0;   /* one_for_all: everyone */
+    switch (s->cfg.strategy) {
+    case SUP_ONE_FOR_ONE:
+        sup_plan_start(s, c);
+        return;
+    case SUP_REST_FOR_ONE:
+        first = (size_t)c->index;
+        break;
+    case SUP_ONE_FOR_ALL:
+        break;
     }
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        log_error("child %s: fork: %s", c->name, strerror(errno));
-        close(sv[0]);
-        close(sv[1]);
-        return -1;
+    for (size_t j = s->n; j-- > first;)
+        if (&s->children[j] != c && s->children[j].pid > 0)
+            sup_plan_stop(s, &s->children[j]);
+    for (size_t j = first; j < s->n; j++) {
+        struct child *o = &s->children[j];
+        /* a temporary sibling stopped by the group restart stays stopped */
+        if (o == c || o->cfg.restart != RESTART_TEMPORARY)
+            sup_plan_start(s, o);
     }
-    if (pid == 0) {
-        /* the worker dies with cqrsd, even when cqrsd is SIGKILLed */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(1);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        signal(SIGPIPE, SIG_DFL);
-        if (dup2(sv[1], 3) < 0)
-            _exit(127);
-        execl(s->cfg.worker_path, "cqrs-worker", "--type", c->name, "--data-dir",
-              s->cfg.data_dir, "--fd", "3", (char *)NULL);
-        dprintf(2, "cqrsd: cannot run %s: %s\n", s->cfg.worker_path, strerror(errno));
-        _exit(127);
-    }
-    close(sv[1]);
-    evutil_make_socket_nonblocking(sv[0]);
-    c->bev = bufferevent_socket_new(s->base, sv[0], BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev) {
-        log_error("child %s: cannot set up its socket", c->name);
-        close(sv[0]);
-        kill(pid, SIGKILL);
-        return -1;
-    }
-    bufferevent_set_max_single_read(c->bev, 1 << 20);
-    bufferevent_setcb(c->bev, sup_on_read, NULL, sup_on_bev_event, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    c->pid = pid;
-    c->state = CHILD_STARTING;
-    c->started_at_us = sup_now_us();
-    sup_arm(c->timer, s->cfg.start_timeout_ms);
-    log_info("child %s starting (pid %d)", c->name, (int)pid);
-    return 0;
-}
-
-static void sup_describe_exit(int status, char *buf, size_t len)
-{
-    if (WIFEXITED(status))
-        snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
-    else if (WIFSIGNALED(status))
-        snprintf(buf, len, "killed by signal %d", WTERMSIG(status));
-    else
-        snprintf(buf, len, "ended with wait status %d", status);
 }
 
 static void sup_on_exit(struct child *c, int status)
 {
     struct sup *s = c->sup;
     enum child_state was = c->state;
-    char reason[96];
-    sup_describe_exit(status, reason, sizeof reason);
-    if (c->timed_out)
-        c->timed_out = 0;     /* keep the timeout as the reason */
-    else
-        snprintf(c->last_exit, sizeof c->last_exit, "%s", reason);
+    int abnormal = !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    if (!c->exit_noted) {
+        if (WIFEXITED(status))
+            snprintf(c->last_exit, sizeof c->last_exit, "exited with status %d", WEXITSTATUS(status));
+        else if (WIFSIGNALED(status))
+            snprintf(c->last_exit, sizeof c->last_exit, "killed by signal %d", WTERMSIG(status));
+        else
+            snprintf(c->last_exit, sizeof c->last_exit, "ended with wait status %d", status);
+    }
+    c->exit_noted = 0;
     log_info("child %s (pid %d) %s", c->name, (int)c->pid, c->last_exit);
     c->pid = 0;
     c->state = CHILD_STOPPED;
+    c->ping_out = 0;
     evtimer_del(c->timer);
     if (c->bev) {
         bufferevent_free(c->bev);
@@ -255,8 +403,16 @@ static void sup_on_exit(struct child *c, int status)
         snprintf(why, sizeof why, "the %s worker died (%s)", c->name, c->last_exit);
         s->hooks.down(s->hooks.arg, c, why);
     }
+    if (c->terminating) {   /* we stopped it */
+        c->terminating = 0;
+        if (c->restart_requested && !s->stopping)
+            sup_plan_start(s, c);
+        c->restart_requested = 0;
+        sup_step(s);
+        return;
+    }
     if (s->stopping) {
-        sup_stop_next(s);
+        sup_step(s);
         return;
     }
     if (s->booting) {
@@ -264,14 +420,28 @@ static void sup_on_exit(struct child *c, int status)
         sup_give_up(s);
         return;
     }
+    int restart = c->cfg.restart == RESTART_PERMANENT ||
+                  (c->cfg.restart == RESTART_TRANSIENT && abnormal);
+    if (!restart) {
+        log_info("child %s is %s and %s: not restarted", c->name,
+                 config_restart_name(c->cfg.restart), abnormal ? "died" : "exited normally");
+        if (c->n_waiting) {
+            char why[160];
+            snprintf(why, sizeof why, "the %s worker is stopped", c->name);
+            evbuffer_drain(c->waiting, evbuffer_get_length(c->waiting));
+            c->n_waiting = 0;
+            s->hooks.expire(s->hooks.arg, c, why);
+        }
+        sup_step(s);
+        return;
+    }
     if (!sup_policy_allow(&s->policy, sup_mono_us())) {
         log_error("more than %u restarts in %u s: giving up", s->cfg.intensity, s->cfg.period_s);
         sup_give_up(s);
         return;
     }
-    c->restarts++;
-    if (sup_spawn(c) < 0)
-        sup_give_up(s);
+    sup_plan_restart(s, c);
+    sup_step(s);
 }
 
 static void sup_on_sigchld(evutil_socket_t sig, short what, void *arg)
@@ -291,26 +461,31 @@ static void sup_on_sigchld(evutil_socket_t sig, short what, void *arg)
     }
 }
 
-struct sup *sup_new(struct event_base *base, const struct sup_config *cfg,
-                    const struct sup_hooks *hooks)
+/* ---- the API ---------------------------------------------------------------- */
+
+struct sup *sup_new(struct event_base *base, const struct cqrsd_config *cfg,
+                    const struct sup_options *opt, const struct sup_hooks *hooks)
 {
     struct sup *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->base = base;
     s->cfg = *cfg;
+    s->opt = *opt;
     s->hooks = *hooks;
     s->n = cfg->n_children;
-    s->children = calloc(s->n, sizeof *s->children);
+    s->children = calloc(s->n ? s->n : 1, sizeof *s->children);
     s->sigchld = evsignal_new(base, SIGCHLD, sup_on_sigchld, s);
-    if (!s->children || !s->sigchld) {
+    s->heartbeat = event_new(base, -1, EV_PERSIST, sup_on_heartbeat, s);
+    if (!s->children || !s->sigchld || !s->heartbeat) {
         sup_free(s);
         return NULL;
     }
     sup_policy_init(&s->policy, cfg->intensity, (int64_t)cfg->period_s * 1000000);
     for (size_t i = 0; i < s->n; i++) {
         struct child *c = &s->children[i];
-        snprintf(c->name, sizeof c->name, "%s", cfg->children[i]);
+        c->cfg = cfg->children[i];
+        c->name = c->cfg.name;
         c->index = (int)i;
         c->sup = s;
         c->timer = evtimer_new(base, sup_on_timer, c);
@@ -341,47 +516,23 @@ void sup_free(struct sup *s)
     }
     if (s->sigchld)
         event_free(s->sigchld);
+    if (s->heartbeat)
+        event_free(s->heartbeat);
     free(s->children);
     free(s);
 }
 
-int sup_start(struct sup *s)
+void sup_start(struct sup *s)
 {
-    if (event_add(s->sigchld, NULL) < 0)
-        return -1;
-    if (s->n == 0) {
-        if (s->hooks.booted)
-            s->hooks.booted(s->hooks.arg);
-        return 0;
+    event_add(s->sigchld, NULL);
+    if (s->cfg.heartbeat_ms) {
+        struct timeval tv = { s->cfg.heartbeat_ms / 1000, (s->cfg.heartbeat_ms % 1000) * 1000 };
+        event_add(s->heartbeat, &tv);
     }
     s->booting = 1;
-    return sup_spawn(&s->children[0]);
-}
-
-/* Stops the last child still alive; when none is, leaves the loop. */
-static void sup_stop_next(struct sup *s)
-{
-    for (size_t i = s->n; i-- > 0;) {
-        struct child *c = &s->children[i];
-        if (c->pid > 0) {
-            if (c->timer && !evtimer_pending(c->timer, NULL)) {
-                log_info("stopping child %s (pid %d)", c->name, (int)c->pid);
-                kill(c->pid, SIGTERM);
-                sup_arm(c->timer, s->cfg.shutdown_timeout_ms);
-            }
-            return;
-        }
-    }
-    /* Everything held can never be delivered now. */
-    for (size_t i = 0; i < s->n; i++) {
-        struct child *c = &s->children[i];
-        if (c->n_waiting) {
-            evbuffer_drain(c->waiting, evbuffer_get_length(c->waiting));
-            c->n_waiting = 0;
-            s->hooks.expire(s->hooks.arg, c, "cqrsd is shutting down");
-        }
-    }
-    event_base_loopexit(s->base, NULL);
+    for (size_t i = 0; i < s->n; i++)
+        sup_plan_start(s, &s->children[i]);
+    sup_step(s);
 }
 
 void sup_stop(struct sup *s)
@@ -390,9 +541,31 @@ void sup_stop(struct sup *s)
         return;
     s->stopping = 1;
     s->booting = 0;
-    for (size_t i = 0; i < s->n; i++)
-        evtimer_del(s->children[i].timer);   /* start timeouts no longer apply */
-    sup_stop_next(s);
+    s->n_start = 0;
+    s->n_stop = 0;
+    event_del(s->heartbeat);
+    for (size_t i = s->n; i-- > 0;) {
+        struct child *c = &s->children[i];
+        if (c->pid > 0 && !c->terminating) {
+            evtimer_del(c->timer);   /* start timeouts no longer apply */
+            sup_plan_stop(s, c);
+        }
+    }
+    sup_step(s);
+}
+
+void sup_restart_child(struct child *c)
+{
+    struct sup *s = c->sup;
+    if (s->stopping)
+        return;
+    if (c->pid > 0) {
+        c->restart_requested = 1;
+        sup_plan_stop(s, c);
+    } else {
+        sup_plan_start(s, c);
+    }
+    sup_step(s);
 }
 
 int sup_exit_code(const struct sup *s)
@@ -420,15 +593,20 @@ struct child *sup_find(struct sup *s, const char *name)
 
 int sup_send(struct child *c, uint64_t tag, const uint8_t *body, size_t len)
 {
-    if (c->state == CHILD_RUNNING && c->bev)
+    struct sup *s = c->sup;
+    if (c->state == CHILD_RUNNING && c->bev && !c->terminating)
         return frame_put_bytes(bufferevent_get_output(c->bev), &tag, body, len);
-    if (c->sup->stopping || c->n_waiting >= c->sup->cfg.wait_limit) {
+    if (s->stopping || (c->pid <= 0 && !sup_queued_to_start(s, c) && !c->restart_requested)) {
+        errno = ESRCH;
+        return -1;
+    }
+    if (c->n_waiting >= s->opt.wait_limit) {
         errno = EBUSY;
         return -1;
     }
     if (frame_put_bytes(c->waiting, &tag, body, len) < 0)
         return -1;
     if (c->n_waiting++ == 0)
-        sup_arm(c->wait_timer, c->sup->cfg.wait_timeout_ms);
+        sup_arm(c->wait_timer, s->opt.wait_timeout_ms);
     return 0;
 }

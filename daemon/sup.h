@@ -1,17 +1,30 @@
 /*
- * sup — the supervisor: one worker process per child (an aggregate type),
- * started in order, each ready before the next starts (OTP's start_link);
- * reaped through SIGCHLD on the event loop; restarted alone when it dies
- * (one_for_one, permanent), within OTP's restart intensity; stopped in
- * reverse order (SIGTERM, then SIGKILL after the shutdown timeout).
+ * sup — the supervisor: OTP's supervisor semantics for worker processes.
  *
- * A child's life:  stopped → starting → running → (exit) → starting …
- * Requests for a child that is not running wait in its queue (bounded,
- * with a timeout) and go out when it reports ready.
+ * Children (one per aggregate type) start in order, each ready before the
+ * next (start_link). When one exits, its restart type decides whether it
+ * comes back (permanent: always; transient: after an abnormal exit;
+ * temporary: never) and the strategy decides who restarts with it
+ * (one_for_one: itself; one_for_all: everyone; rest_for_one: itself and the
+ * children started after it). More than `intensity` restarts within
+ * `period` seconds: stop everything and exit 1. Shutdown stops children in
+ * reverse start order: SIGTERM, then SIGKILL after the child's shutdown
+ * time (brutal_kill: SIGKILL at once).
+ *
+ * Every change of who runs goes through one plan: a queue of children to
+ * stop (in that order) and then a queue of children to start (in order,
+ * each waiting for ready). Boot, group restarts, operator restarts and
+ * shutdown are all plans; sup_step carries the plan out one child at a time.
+ *
+ * A child's life:  stopped → starting → running → (exit) → stopped …
+ * Requests for a child that is starting wait in its queue (bounded, with a
+ * timeout) and go out when it reports ready. A heartbeat pings each running
+ * child; one that does not answer within heartbeat_timeout is hung: it is
+ * SIGKILLed and handled like any crash.
  *
  * The daemon end of each child's socketpair carries tagged frames (see
- * lib/frame.h); tag-0 frames are the supervisor channel (the worker's ready
- * message), the rest are replies, handed to the router through the hooks.
+ * lib/frame.h); tag-0 frames are the supervisor channel (ready, ping/pong),
+ * the rest are replies, handed to the router through the hooks.
  */
 #ifndef CQRS_SUP_H
 #define CQRS_SUP_H
@@ -19,24 +32,31 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
-#include <event2/event.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
 
+#include "config.h"
 #include "sup_policy.h"
 
 enum child_state { CHILD_STOPPED, CHILD_STARTING, CHILD_RUNNING };
 
 struct child {
-    char name[64];                  /* the aggregate type */
+    struct child_config cfg;
+    const char *name;               /* = cfg.name */
     int index;                      /* start order */
     pid_t pid;                      /* 0 when not running */
     enum child_state state;
     struct bufferevent *bev;        /* daemon end of the socketpair */
     struct event *timer;            /* start or shutdown timeout */
-    uint32_t restarts;
+    uint32_t restarts;              /* starts after the first */
+    int started;                    /* has been started at least once */
     int64_t started_at_us;
     char last_exit[96];
-    int timed_out;                  /* killed for not reporting ready */
+    int exit_noted;                 /* last_exit already says why we killed it */
+    int terminating;                /* we asked it to stop */
+    int restart_requested;          /* start it again once stopped */
+    int ping_out;                   /* heartbeat sent, no answer yet */
+    int64_t ping_sent_us;
     struct evbuffer *waiting;       /* tagged requests held until ready */
     size_t n_waiting;
     struct event *wait_timer;       /* held requests time out */
@@ -47,7 +67,7 @@ struct sup_hooks {
     void *arg;
     /* A reply frame body (tag removed) from `c`. */
     void (*reply)(void *arg, struct child *c, uint64_t tag, const uint8_t *body, size_t len);
-    /* `c` died: answer what it had in hand. */
+    /* `c` died while running: answer what it had in hand. */
     void (*down)(void *arg, struct child *c, const char *reason);
     /* `c`'s held requests timed out, or will never be delivered. */
     void (*expire)(void *arg, struct child *c, const char *reason);
@@ -55,38 +75,37 @@ struct sup_hooks {
     void (*booted)(void *arg);
 };
 
-struct sup_config {
+struct sup_options {
     const char *worker_path;
     const char *data_dir;
-    const char *const *children;    /* names, in start order */
-    size_t n_children;
-    unsigned intensity;             /* restarts allowed ... */
-    unsigned period_s;              /* ... within this many seconds */
-    unsigned start_timeout_ms;
-    unsigned shutdown_timeout_ms;
     unsigned wait_timeout_ms;       /* how long a held request waits */
     size_t wait_limit;              /* held requests per child */
 };
 
 struct sup;
 
-struct sup *sup_new(struct event_base *base, const struct sup_config *cfg,
-                    const struct sup_hooks *hooks);
+struct sup *sup_new(struct event_base *base, const struct cqrsd_config *cfg,
+                    const struct sup_options *opt, const struct sup_hooks *hooks);
 void sup_free(struct sup *s);
 
 /* Starts the children in order. */
-int sup_start(struct sup *s);
+void sup_start(struct sup *s);
 /* Stops every child in reverse order, then leaves the event loop. */
 void sup_stop(struct sup *s);
 /* 0 after a clean stop; 1 after giving up (boot failure or intensity). */
 int sup_exit_code(const struct sup *s);
 
+/* Stops `c` gracefully and starts it again (terminate_child +
+ * restart_child): whatever its restart type, not counted as a crash. */
+void sup_restart_child(struct child *c);
+
 size_t sup_count(const struct sup *s);
 struct child *sup_child(struct sup *s, size_t i);
 struct child *sup_find(struct sup *s, const char *name);
 
-/* Hands a tagged request to `c`: sent at once when it is running, else held.
- * Returns 0, or -1 when the hold queue is full (BUSY). */
+/* Hands a tagged request to `c`: sent at once when it is running, held
+ * while it starts. -1 with errno EBUSY when the hold queue is full, or
+ * ESRCH when the child is stopped for good (temporary, or shutting down). */
 int sup_send(struct child *c, uint64_t tag, const uint8_t *body, size_t len);
 
 /* The state as shown by STATUS: "starting", "running", "restarting", "stopped". */

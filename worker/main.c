@@ -2,11 +2,14 @@
  * cqrs-worker — the process that hosts every aggregate of one type.
  *
  *   cqrs-worker --type TYPE --data-dir DIR [--fd N] [--fsync always|never]
+ *               [--supervisor-pid PID]
  *
  * cqrsd starts it with one end of a socketpair as fd N (default 3). Frames
  * on it are tagged (see lib/frame.h): tag 0 is the supervisor channel, any
  * other tag a client request whose reply carries the same tag. Once set up,
- * the worker sends one tag-0 Reply with status OK: "ready". Each time the
+ * the worker sends one tag-0 frame: "ready"; after that every tag-0 frame
+ * from cqrsd is a heartbeat, answered with an empty tag-0 frame. With
+ * --supervisor-pid the worker dies with that process. Each time the
  * socket has data, every whole request in the buffer forms one batch (see
  * host.h). It exits 0 on SIGTERM after the batch in hand, and when cqrsd
  * closes the socket.
@@ -18,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -51,8 +55,12 @@ static void worker_on_read(struct bufferevent *bev, void *arg)
             event_base_loopbreak(w->base);
             return;
         }
-        if (f.tag != 0)
+        if (f.tag != 0) {
             host_request(w->host, f.tag, f.body, f.len);
+        } else {
+            uint64_t zero = 0;   /* heartbeat: answered after what came before it */
+            frame_put_bytes(bufferevent_get_output(bev), &zero, NULL, 0);
+        }
         frame_consume(in, &f);
     }
     if (st == FRAME_TOO_BIG) {
@@ -71,17 +79,25 @@ static void worker_on_event(struct bufferevent *bev, short what, void *arg)
         event_base_loopexit(w->base, NULL);   /* cqrsd is gone */
 }
 
+/* SIGTERM: cqrsd sends nothing new once it has asked us to stop, so what
+ * is already in the socket is the last batch: handle it, then leave. */
 static void worker_on_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct worker *w = arg;
     (void)what;
     log_debug("signal %d: stopping", (int)sig);
+    struct evbuffer *in = bufferevent_get_input(w->bev);
+    int fd = bufferevent_getfd(w->bev);
+    while (evbuffer_read(in, fd, 1 << 20) > 0)
+        ;
+    worker_on_read(w->bev, w);
     event_base_loopexit(w->base, NULL);
 }
 
 static void worker_usage(FILE *f)
 {
     fprintf(f, "usage: cqrs-worker --type TYPE --data-dir DIR [--fd N] [--fsync always|never]\n"
+               "                   [--supervisor-pid PID]\n"
                "Started by cqrsd; not meant to be run by hand.\n");
 }
 
@@ -99,11 +115,13 @@ int main(int argc, char **argv)
 {
     const char *type_name = NULL, *data_dir = NULL;
     int fd = 3, sync = 1;
+    long supervisor = 0;
     static const struct option opts[] = {
         { "type", required_argument, NULL, 't' },
         { "data-dir", required_argument, NULL, 'd' },
         { "fd", required_argument, NULL, 'f' },
         { "fsync", required_argument, NULL, 's' },
+        { "supervisor-pid", required_argument, NULL, 'p' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -123,6 +141,7 @@ int main(int argc, char **argv)
                 return 64;
             }
             break;
+        case 'p': supervisor = atol(optarg); break;
         case 'h': worker_usage(stdout); return 0;
         default: worker_usage(stderr); return 64;
         }
@@ -135,6 +154,14 @@ int main(int argc, char **argv)
     snprintf(ident, sizeof ident, "cqrs-worker/%s", type_name);
     log_init(ident, getenv("CQRS_DEBUG") ? LOG_LVL_DEBUG : LOG_LVL_INFO);
 
+    /* die with cqrsd, even when it is SIGKILLed: no orphan keeps a log open */
+    if (supervisor > 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != (pid_t)supervisor) {
+            log_error("cqrsd (pid %ld) is already gone", supervisor);
+            return 1;
+        }
+    }
     const struct aggregate_type *type = aggregate_lookup(type_name);
     if (!type) {
         log_error("unknown aggregate type \"%s\"", type_name);

@@ -1,0 +1,247 @@
+/* config — see config.h. Parsing is inih's; this file only watches the lines
+ * go by (to learn where each section starts, since inih never reports an
+ * empty section such as a bare `[child account]`) and checks every value. */
+#include "config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregate.h"
+
+struct config_parse {
+    FILE *f;
+    const char *path;
+    int line;
+    struct cqrsd_config *cfg;
+    int shutdown_set[CONFIG_MAX_CHILDREN];
+    int failed;
+    char *err;
+    size_t errlen;
+};
+
+__attribute__((format(printf, 2, 3)))
+static int config_fail(struct config_parse *p, const char *fmt, ...)
+{
+    if (p->failed)
+        return 0;
+    p->failed = 1;
+    int n = snprintf(p->err, p->errlen, "%s:%d: ", p->path, p->line);
+    if (n < 0 || (size_t)n >= p->errlen)
+        return 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->err + n, p->errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+    return 0;
+}
+
+const char *config_strategy_name(enum sup_strategy s)
+{
+    static const char *names[] = { "one_for_one", "one_for_all", "rest_for_one" };
+    return names[s];
+}
+
+const char *config_restart_name(enum child_restart r)
+{
+    static const char *names[] = { "permanent", "transient", "temporary" };
+    return names[r];
+}
+
+static void config_child_defaults(struct child_config *c, const char *name)
+{
+    snprintf(c->name, sizeof c->name, "%s", name);
+    c->restart = RESTART_PERMANENT;
+    c->shutdown_ms = 0;   /* filled from shutdown_timeout_ms at the end */
+}
+
+void config_defaults(struct cqrsd_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->strategy = SUP_ONE_FOR_ONE;
+    cfg->intensity = 5;
+    cfg->period_s = 10;
+    cfg->shutdown_timeout_ms = 5000;
+    cfg->start_timeout_ms = 5000;
+    cfg->heartbeat_ms = 1000;
+    cfg->heartbeat_timeout_ms = 3000;
+    for (size_t i = 0; aggregate_registry[i] && cfg->n_children < CONFIG_MAX_CHILDREN; i++) {
+        config_child_defaults(&cfg->children[cfg->n_children], aggregate_registry[i]->name);
+        cfg->children[cfg->n_children++].shutdown_ms = (int)cfg->shutdown_timeout_ms;
+    }
+}
+
+/* A whole decimal number in [min, max]. */
+static int config_uint(struct config_parse *p, const char *section, const char *key,
+                       const char *value, unsigned min, unsigned max, unsigned *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(value, &end, 10);
+    if (!*value || *value == '-' || *value == '+' || *end || errno || v < min || v > max)
+        return config_fail(p, "%s in [%s] must be a whole number from %u to %u, not \"%s\"", key,
+                           section, min, max, value);
+    *out = (unsigned)v;
+    return 1;
+}
+
+/* Section headers, seen as inih reads each line. */
+static void config_section(struct config_parse *p, const char *line)
+{
+    while (*line == ' ' || *line == '\t')
+        line++;
+    if (*line != '[')
+        return;
+    const char *close = strchr(line, ']');
+    if (!close)
+        return;   /* inih reports the malformed line */
+    char name[128];
+    snprintf(name, sizeof name, "%.*s", (int)(close - line - 1), line + 1);
+    if (strcmp(name, "supervisor") == 0)
+        return;
+    if (strncmp(name, "child ", 6) != 0) {
+        config_fail(p, "unknown section [%s]", name);
+        return;
+    }
+    const char *type = name + 6;
+    while (*type == ' ')
+        type++;
+    if (!aggregate_lookup(type)) {
+        config_fail(p, "[child %s]: no aggregate type is called \"%s\"", type, type);
+        return;
+    }
+    struct cqrsd_config *cfg = p->cfg;
+    for (size_t i = 0; i < cfg->n_children; i++)
+        if (strcmp(cfg->children[i].name, type) == 0) {
+            config_fail(p, "[child %s] appears twice", type);
+            return;
+        }
+    if (cfg->n_children == CONFIG_MAX_CHILDREN) {
+        config_fail(p, "more than %d children", CONFIG_MAX_CHILDREN);
+        return;
+    }
+    config_child_defaults(&cfg->children[cfg->n_children++], type);
+}
+
+static char *config_reader(char *str, int num, void *stream)
+{
+    struct config_parse *p = stream;
+    char *r = fgets(str, num, p->f);
+    if (r) {
+        p->line++;
+        config_section(p, r);
+    }
+    return r;
+}
+
+static int config_supervisor_key(struct config_parse *p, const char *key, const char *value)
+{
+    struct cqrsd_config *cfg = p->cfg;
+    if (strcmp(key, "strategy") == 0) {
+        for (int s = SUP_ONE_FOR_ONE; s <= SUP_REST_FOR_ONE; s++)
+            if (strcmp(value, config_strategy_name(s)) == 0) {
+                cfg->strategy = s;
+                return 1;
+            }
+        return config_fail(p, "strategy in [supervisor] must be one_for_one, one_for_all or "
+                              "rest_for_one, not \"%s\"", value);
+    }
+    const char *s = "supervisor";
+    if (strcmp(key, "intensity") == 0)
+        return config_uint(p, s, key, value, 0, 64, &cfg->intensity);
+    if (strcmp(key, "period") == 0)
+        return config_uint(p, s, key, value, 1, 86400, &cfg->period_s);
+    if (strcmp(key, "shutdown_timeout_ms") == 0)
+        return config_uint(p, s, key, value, 1, 3600000, &cfg->shutdown_timeout_ms);
+    if (strcmp(key, "start_timeout_ms") == 0)
+        return config_uint(p, s, key, value, 1, 3600000, &cfg->start_timeout_ms);
+    if (strcmp(key, "heartbeat_ms") == 0)
+        return config_uint(p, s, key, value, 0, 3600000, &cfg->heartbeat_ms);
+    if (strcmp(key, "heartbeat_timeout_ms") == 0)
+        return config_uint(p, s, key, value, 1, 3600000, &cfg->heartbeat_timeout_ms);
+    return config_fail(p, "unknown key \"%s\" in [supervisor]", key);
+}
+
+static int config_child_key(struct config_parse *p, const char *section, const char *key,
+                            const char *value)
+{
+    struct cqrsd_config *cfg = p->cfg;
+    if (cfg->n_children == 0)
+        return config_fail(p, "key \"%s\" outside a known section", key);
+    size_t i = cfg->n_children - 1;   /* inih reports keys of the section just read */
+    struct child_config *c = &cfg->children[i];
+    if (strcmp(key, "restart") == 0) {
+        for (int r = RESTART_PERMANENT; r <= RESTART_TEMPORARY; r++)
+            if (strcmp(value, config_restart_name(r)) == 0) {
+                c->restart = r;
+                return 1;
+            }
+        return config_fail(p, "restart in [%s] must be permanent, transient or temporary, "
+                              "not \"%s\"", section, value);
+    }
+    if (strcmp(key, "shutdown_ms") == 0) {
+        p->shutdown_set[i] = 1;
+        if (strcmp(value, "brutal_kill") == 0) {
+            c->shutdown_ms = CONFIG_BRUTAL_KILL;
+            return 1;
+        }
+        unsigned ms;
+        if (!config_uint(p, section, key, value, 1, 3600000, &ms))
+            return 0;
+        c->shutdown_ms = (int)ms;
+        return 1;
+    }
+    return config_fail(p, "unknown key \"%s\" in [%s]", key, section);
+}
+
+static int config_handler(void *user, const char *section, const char *key, const char *value)
+{
+    struct config_parse *p = user;
+    if (p->failed)
+        return 0;
+    if (strcmp(section, "supervisor") == 0)
+        return config_supervisor_key(p, key, value);
+    if (strncmp(section, "child ", 6) == 0)
+        return config_child_key(p, section, key, value);
+    if (!section[0])
+        return config_fail(p, "key \"%s\" comes before any section", key);
+    return config_fail(p, "key \"%s\" in unknown section [%s]", key, section);
+}
+
+int config_load(const char *path, struct cqrsd_config *cfg, char *err, size_t errlen)
+{
+    struct config_parse p = { .path = path, .err = err, .errlen = errlen };
+    config_defaults(cfg);
+    cfg->n_children = 0;   /* a file lists its children */
+    p.cfg = cfg;
+    p.f = fopen(path, "re");
+    if (!p.f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    int rc = ini_parse_stream(config_reader, &p, config_handler, &p);
+    fclose(p.f);
+    if (p.failed)
+        return -1;
+    if (rc != 0) {
+        snprintf(err, errlen, "%s:%d: not a valid line (expected [section], key = value or a "
+                 "comment)", path, rc);
+        return -1;
+    }
+    if (cfg->n_children == 0) {
+        snprintf(err, errlen, "%s: no [child TYPE] section: nothing to supervise", path);
+        return -1;
+    }
+    if (cfg->heartbeat_ms && cfg->heartbeat_timeout_ms < cfg->heartbeat_ms) {
+        snprintf(err, errlen, "%s: heartbeat_timeout_ms (%u) must not be shorter than "
+                 "heartbeat_ms (%u)", path, cfg->heartbeat_timeout_ms, cfg->heartbeat_ms);
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->n_children; i++)
+        if (!p.shutdown_set[i])
+            cfg->children[i].shutdown_ms = (int)cfg->shutdown_timeout_ms;
+    return 0;
+}

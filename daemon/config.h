@@ -1,0 +1,60 @@
+/*
+ * config — cqrsd's configuration: built-in defaults, or an INI file.
+ *
+ *   [supervisor]
+ *   strategy = one_for_one        ; one_for_one | one_for_all | rest_for_one
+ *   intensity = 5                 ; more than `intensity` restarts ...
+ *   period = 10                   ; ... within `period` seconds: give up
+ *   shutdown_timeout_ms = 5000    ; default per child
+ *   start_timeout_ms = 5000       ; a child must report ready within this
+ *   heartbeat_ms = 1000           ; supervisor pings each worker; 0 = off
+ *   heartbeat_timeout_ms = 3000   ; no answer in time: the worker is hung
+ *
+ *   [child wallet]                ; in start order; NAME is an aggregate type
+ *   restart = permanent           ; permanent | transient | temporary
+ *   shutdown_ms = 5000            ; or brutal_kill
+ *
+ * Anything else — an unknown section or key, a bad value, an unknown or
+ * repeated aggregate type — is an error that names the file, line and key.
+ */
+#ifndef CQRS_CONFIG_H
+#define CQRS_CONFIG_H
+
+#include <stddef.h>
+
+#define CONFIG_MAX_CHILDREN 32
+#define CONFIG_BRUTAL_KILL (-1)
+
+enum sup_strategy { SUP_ONE_FOR_ONE, SUP_ONE_FOR_ALL, SUP_REST_FOR_ONE };
+enum child_restart { RESTART_PERMANENT, RESTART_TRANSIENT, RESTART_TEMPORARY };
+
+struct child_config {
+    char name[64];
+    enum child_restart restart;
+    int shutdown_ms;              /* CONFIG_BRUTAL_KILL: SIGKILL at once */
+};
+
+struct cqrsd_config {
+    enum sup_strategy strategy;
+    unsigned intensity;
+    unsigned period_s;
+    unsigned shutdown_timeout_ms;
+    unsigned start_timeout_ms;
+    unsigned heartbeat_ms;
+    unsigned heartbeat_timeout_ms;
+    struct child_config children[CONFIG_MAX_CHILDREN];
+    size_t n_children;
+};
+
+/* The built-in configuration: every registered aggregate type, in registry
+ * order (wallet, then account), with the defaults above. */
+void config_defaults(struct cqrsd_config *cfg);
+
+/* Reads `path` into `cfg`. 0, or -1 with one line in `err`
+ * ("FILE:LINE: what is wrong"). */
+int config_load(const char *path, struct cqrsd_config *cfg, char *err, size_t errlen);
+
+const char *config_strategy_name(enum sup_strategy s);
+const char *config_restart_name(enum child_restart r);
+
+#endif
