@@ -82,7 +82,8 @@ static void usage(FILE *out)
 "  send TYPE ID COMMAND [field=value ...] [--command-id ID] [--expect-version N]\n"
 "                      build COMMAND from the field=value pairs and send it to\n"
 "                      aggregate ID of TYPE; prints the new version and the\n"
-"                      events appended. --command-id makes a retry safe;\n"
+"                      events appended. The command id (--command-id, else a\n"
+"                      random one) makes the retries of UNAVAILABLE safe;\n"
 "                      --expect-version applies it only at that version (0: new)\n"
 "  get TYPE ID         print the aggregate's state and version\n"
 "  events TYPE ID [--from N]\n"
@@ -90,6 +91,7 @@ static void usage(FILE *out)
 "  status              print the supervised workers: pid, state, restarts,\n"
 "                      uptime, last exit\n"
 "  kill TYPE           SIGKILL the worker of TYPE, to watch cqrsd restart it\n"
+"  restart TYPE        stop the worker of TYPE gracefully and start it again\n"
 "\n"
 "Options:\n"
 "  -s, --socket PATH   the daemon's socket; default $CQRS_SOCKET, else\n"
@@ -728,11 +730,13 @@ static int cmd_status(struct ctl *c, int argc, char **argv)
     return rc;
 }
 
-static int cmd_kill(struct ctl *c, int argc, char **argv)
+/* kill and restart: one control operation on one child. */
+static int ctl_child_op(struct ctl *c, int argc, char **argv, const char *verb,
+                        Cqrs__Control__Op op)
 {
     const char *type = NULL;
     Cqrs__Reply *r;
-    int rc = ctl_type_id_args(c, "kill", argc, argv, &type, NULL, NULL);
+    int rc = ctl_type_id_args(c, verb, argc, argv, &type, NULL, NULL);
     if (rc)
         return rc;
     const struct aggregate_type *t = ctl_type(type);
@@ -740,18 +744,33 @@ static int cmd_kill(struct ctl *c, int argc, char **argv)
         return EX_USAGE;
     if ((rc = ctl_connect(c)) != 0)
         return rc;
-    if (cqrs_client_control(c->client, CQRS__CONTROL__OP__KILL, t->name, &r) < 0)
+    if (cqrs_client_control(c->client, op, t->name, &r) < 0)
         return ctl_call_failed(c, 0);
+    int kill = op == CQRS__CONTROL__OP__KILL;
     if (r->status != CQRS__STATUS__OK) {
         rc = ctl_reply_failed(c, r);
     } else if (c->json) {
-        rc = ctl_print_json(json_pack("{s:s, s:s}", "status", "OK", "killed", t->name));
+        rc = ctl_print_json(json_pack("{s:s, s:s}", "status", "OK", kill ? "killed" : "restarted",
+                                      t->name));
     } else {
-        printf("OK sent SIGKILL to the %s worker\n", t->name);
+        if (kill)
+            printf("OK sent SIGKILL to the %s worker\n", t->name);
+        else
+            printf("OK restarting the %s worker\n", t->name);
         rc = EX_OK;
     }
     cqrs__reply__free_unpacked(r, NULL);
     return rc;
+}
+
+static int cmd_kill(struct ctl *c, int argc, char **argv)
+{
+    return ctl_child_op(c, argc, argv, "kill", CQRS__CONTROL__OP__KILL);
+}
+
+static int cmd_restart(struct ctl *c, int argc, char **argv)
+{
+    return ctl_child_op(c, argc, argv, "restart", CQRS__CONTROL__OP__RESTART);
 }
 
 int main(int argc, char **argv)
@@ -797,6 +816,7 @@ int main(int argc, char **argv)
     } subs[] = {
         { "send", cmd_send }, { "get", cmd_get }, { "events", cmd_events },
         { "status", cmd_status }, { "kill", cmd_kill },
+        { "restart", cmd_restart },
     };
     int rc = -1;
     for (size_t k = 0; k < sizeof subs / sizeof subs[0]; k++)

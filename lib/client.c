@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -22,6 +24,7 @@ struct parked {
 struct cqrs_client {
     int fd;
     uint64_t next_id;
+    unsigned retries;          /* of a command answered UNAVAILABLE */
     struct evbuffer *in, *out;
     struct parked *parked;     /* replies read while waiting for another id */
 };
@@ -38,6 +41,7 @@ struct cqrs_client *cqrs_client_connect(const char *path)
     if (!c)
         return NULL;
     c->next_id = 1;
+    c->retries = CQRS_CLIENT_RETRIES;
     c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     c->in = evbuffer_new();
     c->out = evbuffer_new();
@@ -170,11 +174,44 @@ int cqrs_client_call(struct cqrs_client *c, Cqrs__Request *req, Cqrs__Reply **ou
     return cqrs_client_recv(c, id, out);
 }
 
+void cqrs_client_set_retries(struct cqrs_client *c, unsigned retries)
+{
+    c->retries = retries;
+}
+
+int cqrs_client_new_command_id(char out[CQRS_COMMAND_ID_LEN + 1])
+{
+    uint8_t raw[CQRS_COMMAND_ID_LEN / 2];
+    size_t got = 0;
+    while (got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof raw; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[CQRS_COMMAND_ID_LEN] = '\0';
+    return 0;
+}
+
 int cqrs_client_command(struct cqrs_client *c, const char *type, const char *id,
                         const char *name, const uint8_t *payload, size_t len,
                         const char *command_id, int64_t expected_version,
                         Cqrs__Reply **out)
 {
+    char fresh[CQRS_COMMAND_ID_LEN + 1];
+    if (!command_id || !command_id[0]) {
+        if (cqrs_client_new_command_id(fresh) < 0)
+            return -1;
+        command_id = fresh;
+    }
     Cqrs__Request req = CQRS__REQUEST__INIT;
     Cqrs__Command cmd = CQRS__COMMAND__INIT;
     cmd.aggregate_type = (char *)type;
@@ -190,7 +227,22 @@ int cqrs_client_command(struct cqrs_client *c, const char *type, const char *id,
     }
     req.body_case = CQRS__REQUEST__BODY_COMMAND;
     req.command = &cmd;
-    return cqrs_client_call(c, &req, out);
+    /* UNAVAILABLE: the worker died or is restarting, and the command may or
+     * may not have been applied; the same command_id makes the retry safe. */
+    long delay_ms = 10;
+    for (unsigned attempt = 0;; attempt++) {
+        if (cqrs_client_call(c, &req, out) < 0)
+            return -1;
+        if ((*out)->status != CQRS__STATUS__UNAVAILABLE || attempt >= c->retries)
+            return 0;
+        cqrs__reply__free_unpacked(*out, NULL);
+        *out = NULL;
+        struct timespec ts = { delay_ms / 1000, (delay_ms % 1000) * 1000000L };
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+            ;
+        if (delay_ms < 1000)
+            delay_ms *= 2;
+    }
 }
 
 static int client_query(struct cqrs_client *c, const char *type, const char *id,

@@ -35,9 +35,19 @@ int cqrs_client_recv_any(struct cqrs_client *c, Cqrs__Reply **out);
 /* send + recv. */
 int cqrs_client_call(struct cqrs_client *c, Cqrs__Request *req, Cqrs__Reply **out);
 
+#define CQRS_CLIENT_RETRIES 6      /* default retries of an UNAVAILABLE command */
+#define CQRS_COMMAND_ID_LEN 32     /* hex digits of a generated command id */
+
 /* Helpers that build and call the common requests. `payload` is the packed
- * command message; `command_id` may be NULL; `expected_version` < 0 means
- * "no expectation". */
+ * command message; `expected_version` < 0 means "no expectation".
+ *
+ * cqrs_client_command retries a command answered UNAVAILABLE (its worker
+ * died or is restarting: it may or may not have been applied) with the
+ * same command_id, waiting 10 ms, then twice as long each time, up to the
+ * client's retries (CQRS_CLIENT_RETRIES by default). A NULL or empty
+ * `command_id` gets a fresh random one, so the retry is always safe: with
+ * idempotency the command takes effect exactly once. The pipelined calls
+ * (send/recv) never retry. */
 int cqrs_client_command(struct cqrs_client *c, const char *type, const char *id,
                         const char *name, const uint8_t *payload, size_t len,
                         const char *command_id, int64_t expected_version,
@@ -48,6 +58,11 @@ int cqrs_client_events(struct cqrs_client *c, const char *type, const char *id,
                        uint64_t from_version, uint32_t max_count, Cqrs__Reply **out);
 int cqrs_client_control(struct cqrs_client *c, Cqrs__Control__Op op,
                         const char *child, Cqrs__Reply **out);
+
+/* Sets how many times cqrs_client_command retries (0: never). */
+void cqrs_client_set_retries(struct cqrs_client *c, unsigned retries);
+/* Writes a fresh random command id (hex). 0, or -1 with errno. */
+int cqrs_client_new_command_id(char out[CQRS_COMMAND_ID_LEN + 1]);
 
 /* The Status enum value's name ("OK", "REJECTED", ...). */
 const char *cqrs_status_name(Cqrs__Status s);
