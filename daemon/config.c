@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "aggregate.h"
+#include "sup_policy.h"
 
 struct config_parse {
     FILE *f;
@@ -53,7 +54,7 @@ const char *config_restart_name(enum child_restart r)
 
 static void config_child_defaults(struct child_config *c, const char *name)
 {
-    snprintf(c->name, sizeof c->name, "%s", name);
+    snprintf(c->name, sizeof c->name, "%.63s", name);
     c->restart = RESTART_PERMANENT;
     c->shutdown_ms = 0;   /* filled from shutdown_timeout_ms at the end */
 }
@@ -151,7 +152,7 @@ static int config_supervisor_key(struct config_parse *p, const char *key, const 
     }
     const char *s = "supervisor";
     if (strcmp(key, "intensity") == 0)
-        return config_uint(p, s, key, value, 0, 64, &cfg->intensity);
+        return config_uint(p, s, key, value, 0, SUP_POLICY_MAX_INTENSITY, &cfg->intensity);
     if (strcmp(key, "period") == 0)
         return config_uint(p, s, key, value, 1, 86400, &cfg->period_s);
     if (strcmp(key, "shutdown_timeout_ms") == 0)

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SUP_POLICY_MAX_INTENSITY 64
+#define SUP_POLICY_MAX_INTENSITY 1000
 
 struct sup_policy {
     unsigned intensity;            /* restarts allowed within period */

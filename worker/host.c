@@ -50,6 +50,22 @@ static int host_sync_dir(const char *dir)
     return rc;
 }
 
+/* `dir` (inside data_dir) exists as a directory: made, and its entry
+ * synced, if it was not there. */
+static int host_make_dir(const char *data_dir, const char *dir)
+{
+    struct stat st;
+    if (stat(dir, &st) == 0) {
+        if (S_ISDIR(st.st_mode))
+            return 0;
+        errno = ENOTDIR;
+        return -1;
+    }
+    if ((mkdir(data_dir, 0700) < 0 && errno != EEXIST) || mkdir(dir, 0700) < 0)
+        return -1;
+    return host_sync_dir(data_dir);
+}
+
 struct host *host_new(const struct aggregate_type *type, const char *data_dir, int sync)
 {
     struct host *h = calloc(1, sizeof *h);
@@ -62,8 +78,7 @@ struct host *host_new(const struct aggregate_type *type, const char *data_dir, i
         errno = ENOMEM;
         return NULL;
     }
-    if ((mkdir(data_dir, 0700) < 0 && errno != EEXIST) ||
-        (mkdir(h->dir, 0700) < 0 && errno != EEXIST) || host_sync_dir(data_dir) < 0) {
+    if (host_make_dir(data_dir, h->dir) < 0) {
         int e = errno;
         host_free(h);
         errno = e;

@@ -7,6 +7,10 @@
  * Scenarios:
  *   sync       1 connection, 1 request in flight
  *   pipelined  N connections (default 4) x D requests in flight (default 64)
+ *   restart    (--spawn only) SIGKILL the wallet worker --kills times (default
+ *              100): time from the kill to the first answered command on a
+ *              small wallet (its replay included), beside the time to
+ *              posix_spawn and reap a trivial program, measured in the same run
  * Each sends TopUp amount=1 to wallets picked at random among A (default
  * 1,000) through the project's client library, one thread per connection,
  * and prints commands/s and latency percentiles over every request.
@@ -18,6 +22,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +35,7 @@
 
 struct bench {
     const char *socket;
-    unsigned connections, depth, aggregates;
+    unsigned connections, depth, aggregates, kills;
     unsigned long commands;
     int json;
 };
@@ -153,6 +158,104 @@ static int run_scenario(const struct bench *b, const char *name, unsigned conns,
     return failed ? -1 : 0;
 }
 
+static double percentile(double *v, size_t n, double q)
+{
+    qsort(v, n, sizeof *v, cmp_double);
+    size_t i = (size_t)(q * (double)n);
+    return v[i < n ? i : n - 1];
+}
+
+/* The pid of child `name` from STATUS, 0 if it is not running. */
+static pid_t child_pid(struct cqrs_client *c, const char *name)
+{
+    Cqrs__Reply *r;
+    pid_t pid = 0;
+    if (cqrs_client_control(c, CQRS__CONTROL__OP__STATUS, NULL, &r) < 0)
+        return 0;
+    for (size_t i = 0; i < r->n_children; i++)
+        if (strcmp(r->children[i]->name, name) == 0 && strcmp(r->children[i]->state, "running") == 0)
+            pid = r->children[i]->pid;
+    cqrs__reply__free_unpacked(r, NULL);
+    return pid;
+}
+
+/* Time to posix_spawn /bin/true and reap it: what any restart costs at least. */
+static double spawn_once_us(void)
+{
+    extern char **environ;
+    char *argv[] = { "true", NULL };
+    double t0 = now_s();
+    pid_t pid;
+    if (posix_spawn(&pid, "/bin/true", NULL, NULL, argv, environ) != 0)
+        return -1;
+    waitpid(pid, NULL, 0);
+    return (now_s() - t0) * 1e6;
+}
+
+static int run_restart(const struct bench *b)
+{
+    struct cqrs_client *c = cqrs_client_connect(b->socket);
+    if (!c) {
+        fprintf(stderr, "cqrs-bench: restart: %s\n", strerror(errno));
+        return -1;
+    }
+    cqrs_client_set_retries(c, 0);   /* retried here, at once, to time the restart */
+    uint8_t payload[16];
+    Wallet__TopUp t = WALLET__TOP_UP__INIT;
+    t.amount = 1;
+    size_t plen = wallet__top_up__pack(&t, payload);
+    Cqrs__Reply *r;
+    for (int i = 0; i < 10; i++) {   /* a small stream to replay after each kill */
+        if (cqrs_client_command(c, "wallet", "restart-w", "TopUp", payload, plen, NULL, -1, &r) < 0)
+            goto fail;
+        cqrs__reply__free_unpacked(r, NULL);
+    }
+    double *lat = calloc(b->kills, sizeof *lat), *spawn = calloc(b->kills, sizeof *spawn);
+    unsigned long retries = 0;
+    for (unsigned k = 0; k < b->kills; k++) {
+        pid_t pid = 0;
+        for (int tries = 0; tries < 1000 && !(pid = child_pid(c, "wallet")); tries++)
+            usleep(1000);
+        if (!pid) {
+            fprintf(stderr, "cqrs-bench: restart: the wallet worker did not come back\n");
+            free(lat), free(spawn);
+            goto fail;
+        }
+        double t0 = now_s();
+        kill(pid, SIGKILL);
+        for (;;) {
+            if (cqrs_client_command(c, "wallet", "restart-w", "TopUp", payload, plen, NULL, -1, &r) < 0) {
+                free(lat), free(spawn);
+                goto fail;
+            }
+            int ok = r->status == CQRS__STATUS__OK;
+            cqrs__reply__free_unpacked(r, NULL);
+            if (ok)
+                break;
+            retries++;
+        }
+        lat[k] = (now_s() - t0) * 1e6;
+        spawn[k] = spawn_once_us();
+    }
+    double p50 = percentile(lat, b->kills, 0.5), p99 = percentile(lat, b->kills, 0.99);
+    double s50 = percentile(spawn, b->kills, 0.5);
+    if (b->json)
+        printf("{\"scenario\":\"restart\",\"kills\":%u,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
+               "\"spawn_us\":%.1f,\"retries\":%lu}\n", b->kills, p50 / 1000, p99 / 1000, s50,
+               retries);
+    else
+        printf("restart    kills %u: kill -> first answered command p50 %.3f ms, p99 %.3f ms; "
+               "bare posix_spawn+wait of /bin/true p50 %.1f us; %lu UNAVAILABLE retries\n",
+               b->kills, p50 / 1000, p99 / 1000, s50, retries);
+    free(lat), free(spawn);
+    cqrs_client_free(c);
+    return 0;
+fail:
+    fprintf(stderr, "cqrs-bench: restart: %s\n", strerror(errno));
+    cqrs_client_free(c);
+    return -1;
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
 {
     (void)st, (void)flag, (void)f;
@@ -165,15 +268,23 @@ static pid_t spawn_daemon(char *dir, size_t dlen, char *sock, size_t slen)
     if (!mkdtemp(dir))
         return -1;
     snprintf(sock, slen, "%s/cqrsd.sock", dir);
-    char data[300];
+    char data[300], conf[300];
     snprintf(data, sizeof data, "%s/data", dir);
+    snprintf(conf, sizeof conf, "%s/cqrsd.conf", dir);
+    FILE *f = fopen(conf, "w");
+    if (!f)
+        return -1;
+    /* the restart scenario kills the worker on purpose, many times */
+    fputs("[supervisor]\nintensity = 1000\nperiod = 1\n[child wallet]\n[child account]\n", f);
+    fclose(f);
     pid_t pid = fork();
     if (pid == 0) {
         char log[300];
         snprintf(log, sizeof log, "%s/cqrsd.log", dir);
         if (!freopen(log, "w", stderr))
             _exit(127);
-        execl(CQRSD_PATH, "cqrsd", "--socket", sock, "--data-dir", data, (char *)NULL);
+        execl(CQRSD_PATH, "cqrsd", "--config", conf, "--socket", sock, "--data-dir", data,
+              (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 500; i++) {   /* up to 10 s for the workers to start */
@@ -191,19 +302,20 @@ static pid_t spawn_daemon(char *dir, size_t dlen, char *sock, size_t slen)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: cqrs-bench [--socket PATH | --spawn] [--connections N] [--depth D]\n"
-               "                  [--commands N] [--aggregates A] [--json] sync|pipelined ...\n");
+               "                  [--commands N] [--aggregates A] [--kills K] [--json]\n"
+               "                  sync|pipelined|restart ...\n");
 }
 
 int main(int argc, char **argv)
 {
     struct bench b = { .socket = "var/cqrsd.sock", .connections = 4, .depth = 64,
-                       .aggregates = 1000, .commands = 200000 };
+                       .aggregates = 1000, .commands = 200000, .kills = 100 };
     int spawn = 0;
     static const struct option opts[] = {
         { "socket", required_argument, NULL, 's' }, { "spawn", no_argument, NULL, 'S' },
         { "connections", required_argument, NULL, 'c' }, { "depth", required_argument, NULL, 'd' },
         { "commands", required_argument, NULL, 'n' }, { "aggregates", required_argument, NULL, 'a' },
-        { "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
+        { "kills", required_argument, NULL, 'k' }, { "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
     };
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -214,12 +326,13 @@ int main(int argc, char **argv)
         case 'd': b.depth = (unsigned)atoi(optarg); break;
         case 'n': b.commands = strtoul(optarg, NULL, 10); break;
         case 'a': b.aggregates = (unsigned)atoi(optarg); break;
+        case 'k': b.kills = (unsigned)atoi(optarg); break;
         case 'j': b.json = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 64;
         }
     }
-    if (optind >= argc || !b.connections || !b.depth || !b.aggregates || !b.commands) {
+    if (optind >= argc || !b.connections || !b.depth || !b.aggregates || !b.commands || !b.kills) {
         usage(stderr);
         return 64;
     }
@@ -243,6 +356,11 @@ int main(int argc, char **argv)
             rc |= run_scenario(&b, "sync", 1, 1);
         else if (strcmp(argv[i], "pipelined") == 0)
             rc |= run_scenario(&b, "pipelined", b.connections, b.depth);
+        else if (strcmp(argv[i], "restart") == 0 && !spawn) {
+            fprintf(stderr, "cqrs-bench: restart kills workers: it runs only with --spawn\n");
+            rc = -1;
+        } else if (strcmp(argv[i], "restart") == 0)
+            rc |= run_restart(&b);
         else {
             fprintf(stderr, "cqrs-bench: unknown scenario \"%s\"\n", argv[i]);
             rc = -1;
