@@ -69,6 +69,7 @@ void config_defaults(struct cqrsd_config *cfg)
     cfg->start_timeout_ms = 5000;
     cfg->heartbeat_ms = 1000;
     cfg->heartbeat_timeout_ms = 3000;
+    cfg->standby = 1;
     for (size_t i = 0; aggregate_registry[i] && cfg->n_children < CONFIG_MAX_CHILDREN; i++) {
         config_child_defaults(&cfg->children[cfg->n_children], aggregate_registry[i]->name);
         cfg->children[cfg->n_children++].shutdown_ms = (int)cfg->shutdown_timeout_ms;
@@ -163,6 +164,13 @@ static int config_supervisor_key(struct config_parse *p, const char *key, const 
         return config_uint(p, s, key, value, 0, 3600000, &cfg->heartbeat_ms);
     if (strcmp(key, "heartbeat_timeout_ms") == 0)
         return config_uint(p, s, key, value, 1, 3600000, &cfg->heartbeat_timeout_ms);
+    if (strcmp(key, "standby") == 0) {
+        if (strcmp(value, "true") == 0 || strcmp(value, "false") == 0) {
+            cfg->standby = value[0] == 't';
+            return 1;
+        }
+        return config_fail(p, "standby in [supervisor] must be true or false, not \"%s\"", value);
+    }
     return config_fail(p, "unknown key \"%s\" in [supervisor]", key);
 }
 

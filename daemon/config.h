@@ -9,6 +9,7 @@
  *   start_timeout_ms = 5000       ; a child must report ready within this
  *   heartbeat_ms = 1000           ; supervisor pings each worker; 0 = off
  *   heartbeat_timeout_ms = 3000   ; no answer in time: the worker is hung
+ *   standby = true                ; keep a started spare worker per child
  *
  *   [child wallet]                ; in start order; NAME is an aggregate type
  *   restart = permanent           ; permanent | transient | temporary
@@ -42,6 +43,7 @@ struct cqrsd_config {
     unsigned start_timeout_ms;
     unsigned heartbeat_ms;
     unsigned heartbeat_timeout_ms;
+    int standby;
     struct child_config children[CONFIG_MAX_CHILDREN];
     size_t n_children;
 };

@@ -120,20 +120,20 @@ static void sup_terminate(struct child *c)
 static void sup_on_read(struct bufferevent *bev, void *arg);
 static void sup_on_bev_event(struct bufferevent *bev, short what, void *arg);
 
-/* posix_spawn (vfork-like: the daemon's size does not matter) of the worker
- * with its end of a socketpair as fd 3. The worker sets PR_SET_PDEATHSIG
- * itself and checks that its parent is still the pid it was given. */
-static int sup_spawn(struct child *c)
+/* posix_spawn (vfork-like: the daemon's size does not matter) of a worker
+ * for `name` with its end of a socketpair as fd 3; *fd is the daemon's end.
+ * The worker sets PR_SET_PDEATHSIG itself and checks that its parent is
+ * still the pid it was given. */
+static pid_t sup_launch(struct sup *s, const char *name, int *fd)
 {
-    struct sup *s = c->sup;
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-        log_error("child %s: socketpair: %s", c->name, strerror(errno));
+        log_error("child %s: socketpair: %s", name, strerror(errno));
         return -1;
     }
     char ppid[16];
     snprintf(ppid, sizeof ppid, "%d", (int)getpid());
-    char *argv[] = { "cqrs-worker", "--type", (char *)c->name, "--data-dir",
+    char *argv[] = { "cqrs-worker", "--type", (char *)name, "--data-dir",
                      (char *)s->opt.data_dir, "--fd", "3", "--supervisor-pid", ppid, NULL };
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t at;
@@ -153,17 +153,89 @@ static int sup_spawn(struct child *c)
     posix_spawnattr_destroy(&at);
     close(sv[1]);
     if (rc != 0) {
-        log_error("child %s: cannot run %s: %s", c->name, s->opt.worker_path, strerror(rc));
+        log_error("child %s: cannot run %s: %s", name, s->opt.worker_path, strerror(rc));
         close(sv[0]);
         return -1;
     }
     evutil_make_socket_nonblocking(sv[0]);
-    c->bev = bufferevent_socket_new(s->base, sv[0], BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev) {
-        log_error("child %s: cannot set up its socket", c->name);
-        close(sv[0]);
+    *fd = sv[0];
+    return pid;
+}
+
+static void sup_standby_on_read(struct bufferevent *bev, void *arg)
+{
+    struct standby *sb = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    struct frame f;
+    enum frame_status st = frame_next(in, SUP_MAX_FRAME, &f);
+    if (st == FRAME_OK && frame_untag(&f) == 0 && f.tag == 0 && !sb->ready) {
+        sb->ready = 1;
+        frame_consume(in, &f);
+        return;
+    }
+    if (st != FRAME_NEED_MORE && sb->pid > 0) {
+        log_error("standby %s (pid %d) sent something unexpected; killing it", sb->child->name,
+                  (int)sb->pid);
+        bufferevent_disable(bev, EV_READ);
+        kill(sb->pid, SIGKILL);
+    }
+}
+
+/* Starts a standby worker for `c`, to be adopted at its next restart. */
+static void sup_standby_start(struct child *c)
+{
+    struct sup *s = c->sup;
+    struct standby *sb = &c->standby;
+    int fd;
+    if (!s->cfg.standby || s->stopping || sb->pid > 0)
+        return;
+    pid_t pid = sup_launch(s, c->name, &fd);
+    if (pid < 0)
+        return;   /* restarts will spawn, as without standby */
+    sb->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!sb->bev) {
+        close(fd);
         kill(pid, SIGKILL);
-        return -1;
+        return;
+    }
+    bufferevent_setcb(sb->bev, sup_standby_on_read, NULL, sup_on_bev_event, sb);
+    bufferevent_enable(sb->bev, EV_READ);
+    sb->pid = pid;
+    sb->ready = 0;
+    sb->child = c;
+    log_debug("child %s: standby worker started (pid %d)", c->name, (int)pid);
+}
+
+static void sup_standby_stop(struct standby *sb)
+{
+    if (sb->pid > 0)
+        kill(sb->pid, SIGKILL);   /* it holds nothing: no need to be gentle */
+}
+
+static void sup_on_ready(struct child *c);
+
+/* Starts `c`: adopts its standby worker if it has one, else spawns. */
+static int sup_spawn(struct child *c)
+{
+    struct sup *s = c->sup;
+    struct standby *sb = &c->standby;
+    int adopted = sb->pid > 0, ready = adopted && sb->ready;
+    pid_t pid;
+    if (adopted) {
+        pid = sb->pid;
+        c->bev = sb->bev;
+        *sb = (struct standby){ 0 };
+    } else {
+        int fd;
+        if ((pid = sup_launch(s, c->name, &fd)) < 0)
+            return -1;
+        c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        if (!c->bev) {
+            log_error("child %s: cannot set up its socket", c->name);
+            close(fd);
+            kill(pid, SIGKILL);
+            return -1;
+        }
     }
     bufferevent_set_max_single_read(c->bev, 1 << 20);
     bufferevent_setcb(c->bev, sup_on_read, NULL, sup_on_bev_event, c);
@@ -176,8 +248,12 @@ static int sup_spawn(struct child *c)
     c->ping_out = 0;
     c->exit_noted = 0;
     c->started_at_us = sup_now_us();
-    sup_arm(c->timer, s->cfg.start_timeout_ms);
-    log_info("child %s starting (pid %d)", c->name, (int)pid);
+    log_info("child %s starting (pid %d%s)", c->name, (int)pid,
+             adopted ? ", standby worker adopted" : "");
+    if (ready)
+        sup_on_ready(c);
+    else
+        sup_arm(c->timer, s->cfg.start_timeout_ms);
     return 0;
 }
 
@@ -243,6 +319,7 @@ static void sup_on_ready(struct child *c)
         evbuffer_add_buffer(bufferevent_get_output(c->bev), c->waiting);
         c->n_waiting = 0;
     }
+    sup_standby_start(c);
     sup_step(c->sup);
 }
 
@@ -453,8 +530,16 @@ static void sup_on_sigchld(evutil_socket_t sig, short what, void *arg)
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
         for (size_t i = 0; i < s->n; i++) {
-            if (s->children[i].pid == pid) {
-                sup_on_exit(&s->children[i], status);
+            struct child *c = &s->children[i];
+            if (c->pid == pid) {
+                sup_on_exit(c, status);
+                break;
+            }
+            if (c->standby.pid == pid) {   /* a new one comes with the next start */
+                if (!s->stopping)
+                    log_warn("child %s: standby worker (pid %d) ended", c->name, (int)pid);
+                bufferevent_free(c->standby.bev);
+                c->standby = (struct standby){ 0 };
                 break;
             }
         }
@@ -507,6 +592,8 @@ void sup_free(struct sup *s)
         struct child *c = &s->children[i];
         if (c->bev)
             bufferevent_free(c->bev);
+        if (c->standby.bev)
+            bufferevent_free(c->standby.bev);
         if (c->timer)
             event_free(c->timer);
         if (c->wait_timer)
@@ -544,6 +631,8 @@ void sup_stop(struct sup *s)
     s->n_start = 0;
     s->n_stop = 0;
     event_del(s->heartbeat);
+    for (size_t i = 0; i < s->n; i++)
+        sup_standby_stop(&s->children[i].standby);
     for (size_t i = s->n; i-- > 0;) {
         struct child *c = &s->children[i];
         if (c->pid > 0 && !c->terminating) {

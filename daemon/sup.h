@@ -22,6 +22,10 @@
  * child; one that does not answer within heartbeat_timeout is hung: it is
  * SIGKILLed and handled like any crash.
  *
+ * With `standby` on, each running child also has a standby worker already
+ * started and initialised; a restart adopts it, and a new standby is started
+ * once the adopted worker is running.
+ *
  * The daemon end of each child's socketpair carries tagged frames (see
  * lib/frame.h); tag-0 frames are the supervisor channel (ready, ping/pong),
  * the rest are replies, handed to the router through the hooks.
@@ -40,6 +44,16 @@
 
 enum child_state { CHILD_STOPPED, CHILD_STARTING, CHILD_RUNNING };
 
+/* A worker process started ahead of need: when its child must (re)start,
+ * the standby is adopted instead of spawning, so a restart does not wait
+ * for exec and initialisation. It receives nothing until adopted. */
+struct standby {
+    pid_t pid;                      /* 0: none */
+    struct bufferevent *bev;
+    int ready;
+    struct child *child;
+};
+
 struct child {
     struct child_config cfg;
     const char *name;               /* = cfg.name */
@@ -57,6 +71,7 @@ struct child {
     int restart_requested;          /* start it again once stopped */
     int ping_out;                   /* heartbeat sent, no answer yet */
     int64_t ping_sent_us;
+    struct standby standby;
     struct evbuffer *waiting;       /* tagged requests held until ready */
     size_t n_waiting;
     struct event *wait_timer;       /* held requests time out */

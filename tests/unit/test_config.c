@@ -44,6 +44,7 @@ Test(config, defaults_are_wallet_then_account_one_for_one)
     cr_assert_eq(cfg.period_s, 10);
     cr_assert_eq(cfg.heartbeat_ms, 1000);
     cr_assert_eq(cfg.heartbeat_timeout_ms, 3000);
+    cr_assert_eq(cfg.standby, 1);
     cr_assert_eq(cfg.n_children, 2);
     cr_assert_str_eq(cfg.children[0].name, "wallet");
     cr_assert_str_eq(cfg.children[1].name, "account");
@@ -62,6 +63,7 @@ Test(config, full_file_with_comments_and_empty_child_section)
                       "start_timeout_ms = 900\n"
                       "heartbeat_ms = 0\n"
                       "heartbeat_timeout_ms = 50\n"
+                      "standby = false\n"
                       "\n"
                       "[child account]\n"
                       "restart = temporary\n"
@@ -73,6 +75,7 @@ Test(config, full_file_with_comments_and_empty_child_section)
     cr_assert_eq(cfg.period_s, 30);
     cr_assert_eq(cfg.start_timeout_ms, 900);
     cr_assert_eq(cfg.heartbeat_ms, 0);
+    cr_assert_eq(cfg.standby, 0);
     cr_assert_eq(cfg.n_children, 2);
     /* file order, not registry order */
     cr_assert_str_eq(cfg.children[0].name, "account");
@@ -117,6 +120,7 @@ Test(config, bad_words)
 {
     expect_error("[supervisor]\nstrategy = one_for_some\n[child wallet]\n", 2, "strategy");
     expect_error("[child wallet]\nrestart = sometimes\n", 2, "restart");
+    expect_error("[supervisor]\nstandby = yes\n[child wallet]\n", 2, "standby");
 }
 
 Test(config, unknown_type_duplicate_child_unknown_section)
