@@ -4,10 +4,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "crc32c.h"
@@ -89,7 +92,7 @@ static int evlog_valid_record_after(const uint8_t *buf, off_t from, off_t size)
 /* Walks the records of buf[0..size); see the recovery rules in evlog.h.
  * Sets *good_end to the end of the last good record. */
 static int evlog_scan(const uint8_t *buf, off_t size, evlog_replay_fn fn, void *arg,
-                      struct evlog_open_info *info, off_t *good_end)
+                      struct evlog_open_info *info, int check_versions, off_t *good_end)
 {
     off_t pos = EVLOG_MAGIC_LEN;
     while (pos < size) {
@@ -117,7 +120,7 @@ static int evlog_scan(const uint8_t *buf, off_t size, evlog_replay_fn fn, void *
         Cqrs__EventRecord *rec = cqrs__event_record__unpack(NULL, len, payload);
         if (!rec)
             return evlog_corrupt(info, "record at byte %lld does not decode", pos);
-        if (rec->version != info->records + 1) {
+        if (check_versions && rec->version != info->records + 1) {
             cqrs__event_record__free_unpacked(rec, NULL);
             return evlog_corrupt(info, "record at byte %lld is out of version sequence", pos);
         }
@@ -141,7 +144,26 @@ past_end:
     return 0;
 }
 
-int evlog_open(const char *path, int create, evlog_replay_fn fn, void *arg,
+/* Keeps the bytes of a torn tail beside the log, as <path>.torn-<µs>, for a
+ * human to look at (etcd keeps its ".broken" file the same way). */
+static int evlog_keep_torn(const char *path, const uint8_t *p, size_t len)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    char name[PATH_MAX];
+    snprintf(name, sizeof name, "%s.torn-%lld", path,
+             (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
+    int fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    int rc = evlog_pwrite_all(fd, p, len, 0);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
+int evlog_open(const char *path, int flags, evlog_replay_fn fn, void *arg,
                struct evlog **out, struct evlog_open_info *info)
 {
     struct evlog_open_info scratch;
@@ -149,8 +171,10 @@ int evlog_open(const char *path, int create, evlog_replay_fn fn, void *arg,
         info = &scratch;
     memset(info, 0, sizeof *info);
     *out = NULL;
+    int ro = flags & EVLOG_READONLY;
 
-    int fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+    int fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC |
+                  ((flags & EVLOG_CREATE) && !ro ? O_CREAT : 0), 0600);
     if (fd < 0)
         return -1;
     struct stat st;
@@ -164,16 +188,16 @@ int evlog_open(const char *path, int create, evlog_replay_fn fn, void *arg,
     }
     log->fd = fd;
 
+    /* mapped, not read: replay decodes straight from the page cache */
     uint8_t *buf = NULL;
     off_t size = st.st_size;
     if (size > 0) {
-        buf = malloc((size_t)size);
-        if (!buf) {
-            errno = ENOMEM;
+        buf = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (buf == MAP_FAILED) {
+            buf = NULL;
             goto fail_log;
         }
-        if (evlog_read_all(fd, buf, (size_t)size, 0) < 0)
-            goto fail_buf;
+        madvise(buf, (size_t)size, MADV_SEQUENTIAL);
     }
 
     int rc = 0;
@@ -183,8 +207,8 @@ int evlog_open(const char *path, int create, evlog_replay_fn fn, void *arg,
             rc = evlog_corrupt(info, "file of %lld bytes has no log header", size);
             goto fail_rc;
         }
-        if (ftruncate(fd, 0) < 0 || evlog_pwrite_all(fd, (const uint8_t *)EVLOG_MAGIC,
-                                                     EVLOG_MAGIC_LEN, 0) < 0)
+        if (!ro && (ftruncate(fd, 0) < 0 ||
+                    evlog_pwrite_all(fd, (const uint8_t *)EVLOG_MAGIC, EVLOG_MAGIC_LEN, 0) < 0))
             goto fail_buf;
         log->size = EVLOG_MAGIC_LEN;
         log->dir_unsynced = 1;
@@ -194,26 +218,33 @@ int evlog_open(const char *path, int create, evlog_replay_fn fn, void *arg,
             goto fail_rc;
         }
         off_t good_end = EVLOG_MAGIC_LEN;
-        rc = evlog_scan(buf, size, fn, arg, info, &good_end);
+        rc = evlog_scan(buf, size, fn, arg, info, !(flags & EVLOG_ANY_VERSIONS), &good_end);
         if (rc != 0)
             goto fail_rc;
         if (good_end < size) {
-            if (ftruncate(fd, good_end) < 0)
-                goto fail_buf;
             info->truncated_bytes = size - good_end;
+            if (!ro && (evlog_keep_torn(path, buf + good_end, (size_t)(size - good_end)) < 0 ||
+                        ftruncate(fd, good_end) < 0))
+                goto fail_buf;
         }
         log->size = good_end;
     }
-    free(buf);
+    if (buf)
+        munmap(buf, (size_t)size);
     *out = log;
     return 0;
 
 fail_rc:
-    free(buf);
+    if (buf)
+        munmap(buf, (size_t)size);
     evlog_free(log);
     return rc;
 fail_buf:
-    free(buf);
+    if (buf) {
+        int e = errno;
+        munmap(buf, (size_t)size);
+        errno = e;
+    }
 fail_log:
     {
         int e = errno;

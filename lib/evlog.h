@@ -17,7 +17,8 @@
  *     creating it) is an empty stream: it is reset to the bare magic;
  *   - a last record that runs past the end of the file, or whose CRC fails
  *     and that ends exactly at the end of the file, is a torn tail: it is
- *     truncated away and the caller is told how many bytes went;
+ *     truncated away (its bytes kept in `<path>.torn-<µs>`) and the caller
+ *     is told how many bytes went;
  *   - anything else that fails (bad magic, a bad record followed by more
  *     bytes, an undecodable payload, a version out of sequence) is
  *     corruption: EVLOG_CORRUPT, and the file is left as it is; so is a
@@ -46,6 +47,15 @@
 
 enum { EVLOG_CORRUPT = -2 };
 
+/* evlog_open flags */
+enum {
+    EVLOG_CREATE = 1,         /* create a missing file (mode 0600) */
+    EVLOG_READONLY = 2,       /* check only: never truncate or write (a torn
+                                 tail is reported, not cut) */
+    EVLOG_ANY_VERSIONS = 4,   /* records of many streams (the journal): no
+                                 version sequence to check */
+};
+
 struct evlog;
 
 /* One record met during replay. `rec` is valid for the call only. */
@@ -58,11 +68,12 @@ struct evlog_open_info {
     char detail[160];          /* on EVLOG_CORRUPT: what and where */
 };
 
-/* Opens (creating with `create`, mode 0600) the log at `path`, checks it and
- * replays every record through `fn` (may be NULL) in order. A non-zero return
- * from `fn` stops and is returned. Returns 0, -1 (errno; ENOENT when absent
- * and not `create`), or EVLOG_CORRUPT. */
-int evlog_open(const char *path, int create, evlog_replay_fn fn, void *arg,
+/* Opens the log at `path` (flags above), checks it and replays every record
+ * through `fn` (may be NULL) in order. A non-zero return from `fn` stops and
+ * is returned. A torn tail is copied to `<path>.torn-<µs since the epoch>`
+ * before it is cut away. Returns 0, -1 (errno; ENOENT when absent and not
+ * EVLOG_CREATE), or EVLOG_CORRUPT. */
+int evlog_open(const char *path, int flags, evlog_replay_fn fn, void *arg,
                struct evlog **out, struct evlog_open_info *info);
 void evlog_free(struct evlog *log);
 

@@ -198,7 +198,7 @@ int stream_commit(struct stream *s, const char *path, int sync)
 {
     if (s->pending_len == 0)
         return 0;
-    if (!s->log && evlog_open(path, 1, NULL, NULL, &s->log, NULL) != 0) {
+    if (!s->log && evlog_open(path, EVLOG_CREATE, NULL, NULL, &s->log, NULL) != 0) {
         if (errno == 0)
             errno = EIO;
         return -1;

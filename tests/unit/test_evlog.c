@@ -13,6 +13,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <dirent.h>
+#include <ftw.h>
 
 #include "crc32c.h"
 #include "evlog.h"
@@ -38,6 +40,41 @@ static void dir_setup(void)
     SNAP = NULL;
 }
 
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* The bytes of the one <PATH>.torn-* file, which the test then removes;
+ * NULL when there is none. */
+static uint8_t *take_torn_file(size_t *len)
+{
+    DIR *d = opendir(DIR_);
+    cr_assert_not_null(d);
+    struct dirent *e;
+    char found[600] = "";
+    int n = 0;
+    while ((e = readdir(d)) != NULL)
+        if (strncmp(e->d_name, "stream.log.torn-", 16) == 0) {
+            snprintf(found, sizeof found, "%s/%s", DIR_, e->d_name);
+            n++;
+        }
+    closedir(d);
+    cr_assert_leq(n, 1, "more than one torn file");
+    if (!n)
+        return NULL;
+    struct stat st;
+    cr_assert_eq(stat(found, &st), 0);
+    uint8_t *buf = malloc((size_t)st.st_size + 1);
+    FILE *f = fopen(found, "rb");
+    cr_assert_not_null(f);
+    *len = fread(buf, 1, (size_t)st.st_size, f);
+    fclose(f);
+    unlink(found);
+    return buf;
+}
+
 static void dir_teardown(void)
 {
     evlog_free(LOG);
@@ -46,8 +83,7 @@ static void dir_teardown(void)
     ENC = NULL;
     free(SNAP);
     SNAP = NULL;
-    unlink(PATH);
-    rmdir(DIR_);
+    nftw(DIR_, rm_entry, 8, FTW_DEPTH | FTW_PHYS);   /* .torn-* files too */
 }
 
 TestSuite(evlog, .init = dir_setup, .fini = dir_teardown);
@@ -386,6 +422,13 @@ Test(evlog, torn_last_record_cut_at_every_byte)
                      cut, (long long)info.truncated_bytes);
         cr_assert_eq(file_size(), (off_t)start3, "cut at %zu: file not cut back to 2 records", cut);
         cr_assert_eq(evlog_size(LOG), (off_t)start3);
+        /* the cut bytes are kept beside the log, exactly */
+        size_t torn_len = 0;
+        uint8_t *torn = take_torn_file(&torn_len);
+        cr_assert_not_null(torn, "cut at %zu: no .torn file", cut);
+        cr_assert_eq(torn_len, cut - start3, "cut at %zu", cut);
+        cr_assert_eq(memcmp(torn, image + start3, torn_len), 0, "cut at %zu: torn bytes differ", cut);
+        free(torn);
 
         /* the stream goes on from version 3 */
         ENC_LEN = 0;
