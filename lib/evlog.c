@@ -344,6 +344,13 @@ rollback:
     }
 }
 
+int evlog_sync(struct evlog *log)
+{
+    if (fdatasync(log->fd) < 0 || (log->dir_unsynced && evlog_sync_dir(log) < 0))
+        return -1;
+    return 0;
+}
+
 int evlog_read(const struct evlog *log, off_t offset, size_t size, Cqrs__EventRecord **out)
 {
     *out = NULL;

@@ -89,6 +89,9 @@ ssize_t evlog_encode(const Cqrs__EventRecord *rec, uint8_t **buf, size_t *len, s
  * On failure the file is cut back and -1 returned with errno. */
 int evlog_append(struct evlog *log, const uint8_t *buf, size_t len, int sync);
 
+/* fdatasync (and, for a new file, its directory entry). 0 or -1 with errno. */
+int evlog_sync(struct evlog *log);
+
 /* Reads and decodes the record at `offset` of `size` bytes (as given to the
  * replay callback or returned by evlog_encode). Free with
  * cqrs__event_record__free_unpacked(rec, NULL). */

@@ -16,6 +16,8 @@
 #include "frame.h"
 #include "log.h"
 #include "pbwire.h"
+#include "layout.h"
+#include "store.h"
 #include "stream.h"
 
 #define HOST_EVENTS_REPLY_MAX (900u << 10)   /* bytes of events in one reply */
@@ -31,7 +33,7 @@ struct host_reply {
 struct host {
     const struct aggregate_type *type;
     char *dir;
-    int sync;
+    struct store *store;
     struct stream *streams;     /* hash by id */
     struct stream *dirty;       /* streams with pending records */
     struct stream *drops;       /* streams that may be dropped after the batch */
@@ -66,22 +68,28 @@ static int host_make_dir(const char *data_dir, const char *dir)
     return host_sync_dir(data_dir);
 }
 
-struct host *host_new(const struct aggregate_type *type, const char *data_dir, int sync)
+struct host *host_new(struct event_base *base, const struct aggregate_type *type,
+                      const char *data_dir, const struct store_options *opt)
 {
     struct host *h = calloc(1, sizeof *h);
     if (!h)
         return NULL;
     h->type = type;
-    h->sync = sync;
     if (asprintf(&h->dir, "%s/%s", data_dir, type->name) < 0) {
         free(h);
         errno = ENOMEM;
         return NULL;
     }
     if (host_make_dir(data_dir, h->dir) < 0) {
-        int e = errno;
+        log_error("cannot use data directory %s: %s", h->dir, strerror(errno));
         host_free(h);
-        errno = e;
+        return NULL;
+    }
+    char err[400];
+    h->store = store_open(base, h->dir, opt, err, sizeof err);
+    if (!h->store) {
+        log_error("%s", err);
+        host_free(h);
         return NULL;
     }
     return h;
@@ -99,13 +107,14 @@ void host_free(struct host *h)
     for (size_t i = 0; i < h->n_replies; i++)
         free(h->replies[i].bytes);
     free(h->replies);
+    store_free(h->store);
     free(h->dir);
     free(h);
 }
 
 static void host_path(const struct host *h, const char *id, char *buf, size_t len)
 {
-    snprintf(buf, len, "%s/%s.log", h->dir, id);
+    layout_stream_file(buf, len, h->dir, id, ".log");
 }
 
 static int64_t host_now_us(void)
@@ -175,6 +184,21 @@ static struct stream *host_stream(struct host *h, const char *id)
         return s;
     char path[PATH_MAX];
     host_path(h, id, path, sizeof path);
+    char why[300];
+    if (store_ensure_repaired(h->store, why, sizeof why) < 0) {
+        /* a stream file may lack journaled events: loading it now would
+         * show an older state */
+        s = calloc(1, sizeof *s);
+        if (!s)
+            return NULL;
+        snprintf(s->id, sizeof s->id, "%s", id);
+        s->type = h->type;
+        s->corrupt = -1;
+        snprintf(s->detail, sizeof s->detail, "storage is being repaired: %.160s", why);
+        HASH_ADD_STR(h->streams, id, s);
+        host_maybe_drop(h, s);
+        return s;
+    }
     off_t truncated;
     s = stream_load(h->type, id, path, &truncated);
     if (!s)
@@ -297,7 +321,11 @@ static void host_command(struct host *h, uint64_t tag, uint64_t id, const Cqrs__
     } else {
         uint64_t first = s->version + 1;
         for (size_t i = 0; i < dec.n_events; i++) {
-            if (stream_add(s, &dec.events[i], host_now_us(), cmd) < 0) {
+            const uint8_t *rec;
+            size_t len;
+            if (stream_add(s, &dec.events[i], host_now_us(), cmd,
+                           store_next_position(h->store), &rec, &len) < 0 ||
+                store_stage(h->store, rec, len) < 0) {
                 /* the decider emitted an event its own evolve refuses, or
                  * memory ran out mid-command: the state is no longer
                  * trustworthy, and only a restart gets it back */
@@ -399,29 +427,51 @@ void host_request(struct host *h, uint64_t tag, const uint8_t *body, size_t len)
 void host_commit(struct host *h, struct evbuffer *out)
 {
     char path[PATH_MAX];
+    /* journal first: one write, one sync, for every stream of the batch */
+    int journal_failed = 0;
+    const char *why = "";
+    if (h->dirty && store_commit(h->store) < 0) {
+        journal_failed = errno ? errno : EIO;
+        why = strerror(journal_failed);
+        log_error("%s: cannot write the journal: %s; the batch's commands fail and nothing of "
+                  "them is kept", h->type->name, why);
+    }
     for (struct stream *s = h->dirty, *next; s; s = next) {
         next = s->next_dirty;
         s->dirty = 0;
         s->next_dirty = NULL;
-        host_path(h, s->id, path, sizeof path);
-        if (stream_commit(s, path, h->sync) < 0) {
-            log_error("%s %s: cannot write its log, dropping %llu unwritten events: %s",
-                      h->type->name, s->id, (unsigned long long)(s->version - s->durable),
-                      strerror(errno));
-            s->corrupt = -1;   /* failed: dropped below */
+        if (journal_failed) {
+            s->corrupt = -1;      /* its state holds unwritten events: dropped below */
+            s->batch_failed = 1;
             host_maybe_drop(h, s);
+            continue;
+        }
+        host_path(h, s->id, path, sizeof path);
+        int created;
+        if (stream_commit(s, path, &created) < 0) {
+            /* durable in the journal, acknowledged; the file is mended from it */
+            log_error("%s %s: cannot write its log (%s); it is written again from the journal "
+                      "before it is loaded", h->type->name, s->id, strerror(errno));
+            store_write_failed(h->store);
+            s->corrupt = -1;
+            host_maybe_drop(h, s);
+        } else {
+            store_written(h->store, path, created);
         }
     }
     h->dirty = NULL;
 
     for (size_t i = 0; i < h->n_replies; i++) {
         struct host_reply *r = &h->replies[i];
-        if (r->stream && r->stream->corrupt < 0 && r->stream->version > r->stream->durable) {
+        if (r->stream && r->stream->batch_failed) {
             free(r->bytes);
+            char msg[300];
+            snprintf(msg, sizeof msg, "could not write the journal (%s); nothing was appended",
+                     why);
             Cqrs__Reply rep = CQRS__REPLY__INIT;
             rep.id = r->id;
             rep.status = CQRS__STATUS__INTERNAL;
-            rep.error = "could not write the event log; nothing was appended";
+            rep.error = msg;
             r->len = cqrs__reply__get_packed_size(&rep);
             r->bytes = malloc(r->len ? r->len : 1);
             if (!r->bytes)

@@ -6,11 +6,12 @@
  * in arrival order — load the stream on first use (replay), then for a
  * command: idempotency lookup → expected_version → payload decode and
  * validate → decide → encode the events and evolve the state — and keeps
- * its packed reply. host_commit then appends every touched stream's new
- * records (synced when fsync is on), and only then queues the replies. A
- * stream whose write fails is cut back to its durable length and dropped
- * from memory, and every reply that depended on it becomes INTERNAL: no
- * event that was not acknowledged can appear later as state.
+ * its packed reply. host_commit then makes the batch durable in the type's
+ * journal (one write, one sync, whatever the number of streams — see
+ * store.h), writes each touched stream file without a sync, and only then
+ * queues the replies. When the journal write fails, the streams touched are
+ * dropped from memory and every reply that depended on them becomes
+ * INTERNAL: no event that was not acknowledged can appear later as state.
  */
 #ifndef CQRS_HOST_H
 #define CQRS_HOST_H
@@ -20,12 +21,15 @@
 #include <event2/buffer.h>
 
 #include "aggregate.h"
+#include "store.h"
 
 struct host;
 
 /* The host of `type`, keeping its streams in `<data_dir>/<type>/` (created,
- * mode 0700). NULL with errno on failure. */
-struct host *host_new(const struct aggregate_type *type, const char *data_dir, int sync);
+ * mode 0700) with the storage options `opt`; opening recovers the stream
+ * files from the journal. NULL (logged) on failure. */
+struct host *host_new(struct event_base *base, const struct aggregate_type *type,
+                      const char *data_dir, const struct store_options *opt);
 void host_free(struct host *h);
 
 /* Handles one request frame body (a cqrs.Request) tagged `tag`. */

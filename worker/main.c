@@ -1,8 +1,10 @@
 /*
  * cqrs-worker — the process that hosts every aggregate of one type.
  *
- *   cqrs-worker --type TYPE --data-dir DIR [--fd N] [--fsync always|never]
- *               [--supervisor-pid PID]
+ *   cqrs-worker --type TYPE --data-dir DIR [--fd N] [--supervisor-pid PID]
+ *               [--fsync always|batch|never] [--batch-interval-ms N]
+ *               [--checkpoint-ms N] [--segment-mb N] [--retention-mb N]
+ *               [--retention-s N]
  *
  * cqrsd starts it with one end of a socketpair as fd N (default 3). Frames
  * on it are tagged (see lib/frame.h): tag 0 is the supervisor channel, any
@@ -96,8 +98,10 @@ static void worker_on_signal(evutil_socket_t sig, short what, void *arg)
 
 static void worker_usage(FILE *f)
 {
-    fprintf(f, "usage: cqrs-worker --type TYPE --data-dir DIR [--fd N] [--fsync always|never]\n"
-               "                   [--supervisor-pid PID]\n"
+    fprintf(f, "usage: cqrs-worker --type TYPE --data-dir DIR [--fd N] [--supervisor-pid PID]\n"
+               "                   [--fsync always|batch|never] [--batch-interval-ms N]\n"
+               "                   [--checkpoint-ms N] [--segment-mb N] [--retention-mb N]\n"
+               "                   [--retention-s N]\n"
                "Started by cqrsd; not meant to be run by hand.\n");
 }
 
@@ -114,13 +118,22 @@ static void worker_raise_nofile(void)
 int main(int argc, char **argv)
 {
     const char *type_name = NULL, *data_dir = NULL;
-    int fd = 3, sync = 1;
+    int fd = 3;
+    struct store_options sopt = {
+        .fsync = STORE_FSYNC_ALWAYS, .batch_interval_ms = 10, .checkpoint_ms = 1000,
+        .segment_bytes = 64 << 20, .retention_bytes = 256u << 20, .retention_s = 3600,
+    };
     long supervisor = 0;
     static const struct option opts[] = {
         { "type", required_argument, NULL, 't' },
         { "data-dir", required_argument, NULL, 'd' },
         { "fd", required_argument, NULL, 'f' },
         { "fsync", required_argument, NULL, 's' },
+        { "batch-interval-ms", required_argument, NULL, 'b' },
+        { "checkpoint-ms", required_argument, NULL, 'c' },
+        { "segment-mb", required_argument, NULL, 'g' },
+        { "retention-mb", required_argument, NULL, 'r' },
+        { "retention-s", required_argument, NULL, 'a' },
         { "supervisor-pid", required_argument, NULL, 'p' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -133,14 +146,21 @@ int main(int argc, char **argv)
         case 'f': fd = atoi(optarg); break;
         case 's':
             if (strcmp(optarg, "always") == 0)
-                sync = 1;
+                sopt.fsync = STORE_FSYNC_ALWAYS;
+            else if (strcmp(optarg, "batch") == 0)
+                sopt.fsync = STORE_FSYNC_BATCH;
             else if (strcmp(optarg, "never") == 0)
-                sync = 0;
+                sopt.fsync = STORE_FSYNC_NEVER;
             else {
                 worker_usage(stderr);
                 return 64;
             }
             break;
+        case 'b': sopt.batch_interval_ms = (unsigned)atoi(optarg); break;
+        case 'c': sopt.checkpoint_ms = (unsigned)atoi(optarg); break;
+        case 'g': sopt.segment_bytes = (off_t)atoll(optarg) << 20; break;
+        case 'r': sopt.retention_bytes = (uint64_t)atoll(optarg) << 20; break;
+        case 'a': sopt.retention_s = (unsigned)atoi(optarg); break;
         case 'p': supervisor = atol(optarg); break;
         case 'h': worker_usage(stdout); return 0;
         default: worker_usage(stderr); return 64;
@@ -174,19 +194,25 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     worker_raise_nofile();
 
+    if (!sopt.batch_interval_ms || !sopt.checkpoint_ms || sopt.segment_bytes <= 0) {
+        worker_usage(stderr);
+        return 64;
+    }
     struct worker w = { 0 };
-    w.host = host_new(type, data_dir, sync);
-    if (!w.host) {
-        log_error("cannot use data directory %s/%s: %s", data_dir, type_name, strerror(errno));
+    w.base = event_base_new();
+    if (!w.base) {
+        log_error("cannot create the event loop");
         return 1;
     }
-    w.base = event_base_new();
+    w.host = host_new(w.base, type, data_dir, &sopt);
+    if (!w.host)
+        return 1;
     evutil_make_socket_nonblocking(fd);
     evutil_make_socket_closeonexec(fd);
     w.bev = bufferevent_socket_new(w.base, fd, BEV_OPT_CLOSE_ON_FREE);
     struct event *sigterm = evsignal_new(w.base, SIGTERM, worker_on_signal, &w);
     struct event *sigint = evsignal_new(w.base, SIGINT, worker_on_signal, &w);
-    if (!w.base || !w.bev || !sigterm || !sigint) {
+    if (!w.bev || !sigterm || !sigint) {
         log_error("cannot set up the event loop");
         return 1;
     }
@@ -213,7 +239,7 @@ int main(int argc, char **argv)
     event_free(sigterm);
     event_free(sigint);
     bufferevent_free(w.bev);
-    event_base_free(w.base);
     host_free(w.host);
+    event_base_free(w.base);
     return 0;
 }

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <sys/stat.h>
 
 static int stream_push_rec(struct stream *s, off_t offset, size_t size)
 {
@@ -154,7 +156,7 @@ static off_t stream_base(const struct stream *s)
 }
 
 int stream_add(struct stream *s, const struct agg_event *ev, int64_t now_us,
-               const Cqrs__Command *cmd)
+               const Cqrs__Command *cmd, uint64_t position, const uint8_t **out, size_t *out_len)
 {
     Cqrs__EventRecord rec = CQRS__EVENT_RECORD__INIT;
     rec.version = s->version + 1;
@@ -184,6 +186,10 @@ int stream_add(struct stream *s, const struct agg_event *ev, int64_t now_us,
         rec.metadata = mdp;
     }
     off_t offset = stream_base(s) + (off_t)s->pending_len;
+    size_t at = s->pending_len;
+    rec.position = position;
+    rec.stream = s->id;
+    rec.stream_offset = (uint64_t)offset;
     ssize_t size = evlog_encode(&rec, &s->pending, &s->pending_len, &s->pending_cap);
     free(md);
     free(mdp);
@@ -191,19 +197,32 @@ int stream_add(struct stream *s, const struct agg_event *ev, int64_t now_us,
         return -1;
     if (stream_evolve(s, rec.type, ev->data, ev->len) < 0)
         return -1;
+    *out = s->pending + at;
+    *out_len = (size_t)size;
     return stream_push_rec(s, offset, (size_t)size);
 }
 
-int stream_commit(struct stream *s, const char *path, int sync)
+int stream_commit(struct stream *s, const char *path, int *created)
 {
+    *created = 0;
     if (s->pending_len == 0)
         return 0;
-    if (!s->log && evlog_open(path, EVLOG_CREATE, NULL, NULL, &s->log, NULL) != 0) {
-        if (errno == 0)
-            errno = EIO;
-        return -1;
+    if (!s->log) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = '\0';
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+            return -1;
+        if (evlog_open(path, EVLOG_CREATE, NULL, NULL, &s->log, NULL) != 0) {
+            if (errno == 0)
+                errno = EIO;
+            return -1;
+        }
+        *created = 1;
     }
-    if (evlog_append(s->log, s->pending, s->pending_len, sync) < 0)
+    if (evlog_append(s->log, s->pending, s->pending_len, 0) < 0)
         return -1;
     s->pending_len = 0;
     s->durable = s->version;

@@ -52,7 +52,9 @@ struct stream {
     int dirty;
     struct stream *next_drop;     /* in the host's list of drop candidates */
     int drop_candidate;
-    int corrupt;                  /* quarantined: every request gets CORRUPT */
+    int corrupt;                  /* > 0 quarantined: every request gets CORRUPT;
+                                     < 0 failed (I/O): dropped after the batch */
+    int batch_failed;             /* its batch never reached the journal */
     char detail[200];             /* why, for CORRUPT replies */
 };
 
@@ -67,17 +69,20 @@ void stream_free(struct stream *s);
 /* The remembered command, or NULL. */
 struct stream_cmd *stream_find_cmd(struct stream *s, const char *command_id);
 
-/* Adds one event (already decided) to the batch: encodes its record into
- * `pending`, evolves the state. -1 with errno on failure (ENOMEM, EFBIG,
- * or EINVAL when the state refuses the event: a decider bug). */
+/* Adds one event (already decided) to the batch: encodes its record, with
+ * `position` and its place in the file, into `pending`, evolves the state,
+ * and points *rec / *len at the encoded bytes (valid until the next add).
+ * -1 with errno on failure (ENOMEM, EFBIG, or EINVAL when the state refuses
+ * the event: a decider bug). */
 int stream_add(struct stream *s, const struct agg_event *ev, int64_t now_us,
-               const Cqrs__Command *cmd);
+               const Cqrs__Command *cmd, uint64_t position, const uint8_t **rec, size_t *len);
 /* Remembers that `command_id` appended versions first..first+count-1. */
 int stream_remember(struct stream *s, const char *command_id, uint64_t first, uint32_t count);
 
-/* Writes `pending` to the log (creating it at `path` if needed) and syncs
- * when `sync`. -1 with errno on failure. */
-int stream_commit(struct stream *s, const char *path, int sync);
+/* Writes `pending` to the log, unsynced (the journal holds the durable
+ * copy), creating the file at `path` and its folder if needed (*created
+ * says so). -1 with errno on failure. */
+int stream_commit(struct stream *s, const char *path, int *created);
 
 /* Reads record `version` (1-based) from the file or from pending. */
 int stream_read(const struct stream *s, uint64_t version, Cqrs__EventRecord **out);

@@ -1,0 +1,334 @@
+/* journal — see journal.h. */
+#include "journal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "evlog.h"
+
+struct segment {
+    uint64_t first;        /* position its name promises for its first event */
+    char *path;
+    off_t size;
+    time_t mtime;
+};
+
+struct journal {
+    char *dir;
+    off_t segment_bytes;
+    struct segment *segs;
+    size_t n, cap;
+    struct evlog *cur;     /* the last segment, open for appends */
+    uint64_t last;         /* position of the last event */
+    uint64_t checkpoint;
+    int roll;              /* start a new segment before the next append */
+};
+
+static int journal_sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
+static int journal_cmp(const void *a, const void *b)
+{
+    const struct segment *x = a, *y = b;
+    return x->first < y->first ? -1 : x->first > y->first;
+}
+
+static int journal_add_segment(struct journal *j, uint64_t first, const char *path, off_t size,
+                               time_t mtime)
+{
+    if (j->n == j->cap) {
+        size_t ncap = j->cap ? j->cap * 2 : 16;
+        struct segment *n = realloc(j->segs, ncap * sizeof *n);
+        if (!n)
+            return -1;
+        j->segs = n;
+        j->cap = ncap;
+    }
+    char *p = strdup(path);
+    if (!p)
+        return -1;
+    j->segs[j->n++] = (struct segment){ first, p, size, mtime };
+    return 0;
+}
+
+struct journal_scan {
+    struct journal *j;
+    const struct segment *seg;
+    int first_of_segment;
+    char *err;
+    size_t errlen;
+};
+
+static int journal_scan_record(void *arg, const Cqrs__EventRecord *rec, off_t offset, size_t size)
+{
+    struct journal_scan *sc = arg;
+    (void)size;
+    if (strcmp(rec->type, JOURNAL_CHECKPOINT) == 0) {
+        if (rec->version > sc->j->checkpoint)
+            sc->j->checkpoint = rec->version;
+        return 0;
+    }
+    uint64_t want = sc->j->last ? sc->j->last + 1 : sc->seg->first;
+    if (rec->position != want || (sc->first_of_segment && rec->position != sc->seg->first)) {
+        snprintf(sc->err, sc->errlen, "%s: record at byte %lld has position %" PRIu64
+                 ", expected %" PRIu64, sc->seg->path, (long long)offset, rec->position, want);
+        return EVLOG_CORRUPT;
+    }
+    sc->first_of_segment = 0;
+    sc->j->last = rec->position;
+    return 0;
+}
+
+/* Creates the segment for events from position `first` and makes it current. */
+static int journal_new_segment(struct journal *j, uint64_t first)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%020" PRIu64 ".wal", j->dir, first);
+    struct evlog *log;
+    if (evlog_open(path, EVLOG_CREATE | EVLOG_ANY_VERSIONS, NULL, NULL, &log, NULL) != 0) {
+        if (errno == 0)
+            errno = EIO;
+        return -1;
+    }
+    if (journal_add_segment(j, first, path, evlog_size(log), time(NULL)) < 0) {
+        evlog_free(log);
+        errno = ENOMEM;
+        return -1;
+    }
+    evlog_free(j->cur);
+    j->cur = log;
+    j->roll = 0;
+    return 0;
+}
+
+int journal_open(const char *dir, off_t segment_bytes, struct journal **out,
+                 struct journal_info *info, char *err, size_t errlen)
+{
+    *out = NULL;
+    memset(info, 0, sizeof *info);
+    err[0] = '\0';
+    struct journal *j = calloc(1, sizeof *j);
+    if (!j || !(j->dir = strdup(dir))) {
+        free(j);
+        errno = ENOMEM;
+        return -1;
+    }
+    j->segment_bytes = segment_bytes;
+    if (mkdir(dir, 0700) == 0) {
+        char parent[PATH_MAX];
+        snprintf(parent, sizeof parent, "%s/..", dir);
+        if (journal_sync_dir(parent) < 0)
+            goto fail;
+    } else if (errno != EEXIST) {
+        goto fail;
+    }
+    DIR *d = opendir(dir);
+    if (!d)
+        goto fail;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        char *end;
+        if (len != 24 || strcmp(e->d_name + 20, ".wal") != 0)
+            continue;
+        uint64_t first = strtoull(e->d_name, &end, 10);
+        if (end != e->d_name + 20 || first == 0)
+            continue;
+        char path[PATH_MAX];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (stat(path, &st) < 0 || journal_add_segment(j, first, path, st.st_size, st.st_mtime) < 0) {
+            closedir(d);
+            goto fail;
+        }
+    }
+    closedir(d);
+    if (j->n)
+        qsort(j->segs, j->n, sizeof *j->segs, journal_cmp);
+
+    for (size_t i = 0; i < j->n; i++) {
+        int last = i + 1 == j->n;
+        struct journal_scan sc = { j, &j->segs[i], 1, err, errlen };
+        struct evlog_open_info oi;
+        struct evlog *log;
+        int rc = evlog_open(j->segs[i].path, EVLOG_ANY_VERSIONS | (last ? 0 : EVLOG_READONLY),
+                            journal_scan_record, &sc, &log, &oi);
+        if (rc == EVLOG_CORRUPT) {
+            if (!err[0])
+                snprintf(err, errlen, "%s: %s", j->segs[i].path, oi.detail);
+            journal_free(j);
+            return EVLOG_CORRUPT;
+        }
+        if (rc != 0)
+            goto fail;
+        if (!last && oi.truncated_bytes) {
+            snprintf(err, errlen, "%s: torn in the middle of the journal (%lld bytes)",
+                     j->segs[i].path, (long long)oi.truncated_bytes);
+            evlog_free(log);
+            journal_free(j);
+            return EVLOG_CORRUPT;
+        }
+        if (!sc.first_of_segment && j->segs[i].first > j->last) {
+            snprintf(err, errlen, "%s: segment name does not match its records", j->segs[i].path);
+            evlog_free(log);
+            journal_free(j);
+            return EVLOG_CORRUPT;
+        }
+        info->truncated_bytes += oi.truncated_bytes;
+        j->segs[i].size = evlog_size(log);
+        if (last)
+            j->cur = log;
+        else
+            evlog_free(log);
+    }
+    if (!j->cur && journal_new_segment(j, j->last + 1) < 0)
+        goto fail;
+    if (j->last < j->segs[j->n - 1].first - 1)
+        j->last = j->segs[j->n - 1].first - 1;   /* no event yet in the newest segment */
+    info->last_position = j->last;
+    info->checkpoint = j->checkpoint;
+    info->segments = j->n;
+    info->unchecked = j->last > j->checkpoint ? j->last - j->checkpoint : 0;
+    *out = j;
+    return 0;
+fail:
+    {
+        int e2 = errno;
+        journal_free(j);
+        errno = e2;
+        return -1;
+    }
+}
+
+void journal_free(struct journal *j)
+{
+    if (!j)
+        return;
+    evlog_free(j->cur);
+    for (size_t i = 0; i < j->n; i++)
+        free(j->segs[i].path);
+    free(j->segs);
+    free(j->dir);
+    free(j);
+}
+
+struct journal_replay_ctx {
+    uint64_t after;
+    journal_fn fn;
+    void *arg;
+};
+
+static int journal_replay_record(void *arg, const Cqrs__EventRecord *rec, off_t offset, size_t size)
+{
+    struct journal_replay_ctx *c = arg;
+    (void)offset;
+    (void)size;
+    if (strcmp(rec->type, JOURNAL_CHECKPOINT) == 0 || rec->position <= c->after)
+        return 0;
+    return c->fn(c->arg, rec);
+}
+
+int journal_replay(struct journal *j, uint64_t after, journal_fn fn, void *arg)
+{
+    struct journal_replay_ctx c = { after, fn, arg };
+    for (size_t i = 0; i < j->n; i++) {
+        if (i + 1 < j->n && j->segs[i + 1].first <= after + 1)
+            continue;   /* wholly before */
+        struct evlog *log;
+        int rc = evlog_open(j->segs[i].path, EVLOG_ANY_VERSIONS | EVLOG_READONLY,
+                            journal_replay_record, &c, &log, NULL);
+        if (rc != 0)
+            return rc;
+        evlog_free(log);
+    }
+    return 0;
+}
+
+int journal_append(struct journal *j, const uint8_t *buf, size_t len, uint64_t last_position,
+                   int sync)
+{
+    if ((j->roll || evlog_size(j->cur) >= j->segment_bytes) && journal_new_segment(j, j->last + 1) < 0)
+        return -1;
+    if (evlog_append(j->cur, buf, len, sync) < 0) {
+        j->roll = 1;   /* never trust that segment's pages again */
+        return -1;
+    }
+    j->segs[j->n - 1].size = evlog_size(j->cur);
+    j->last = last_position;
+    return 0;
+}
+
+uint64_t journal_last(const struct journal *j)
+{
+    return j->last;
+}
+
+int journal_sync(struct journal *j)
+{
+    if (evlog_sync(j->cur) < 0) {
+        j->roll = 1;
+        return -1;
+    }
+    return 0;
+}
+
+int journal_checkpoint(struct journal *j, uint64_t position)
+{
+    Cqrs__EventRecord rec = CQRS__EVENT_RECORD__INIT;
+    rec.type = JOURNAL_CHECKPOINT;
+    rec.version = position;
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    if (evlog_encode(&rec, &buf, &len, &cap) < 0)
+        return -1;
+    int rc = journal_append(j, buf, len, j->last, 1);
+    free(buf);
+    if (rc == 0)
+        j->checkpoint = position;
+    return rc;
+}
+
+uint64_t journal_checkpointed(const struct journal *j)
+{
+    return j->checkpoint;
+}
+
+int journal_gc(struct journal *j, uint64_t keep_bytes, unsigned keep_s)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < j->n; i++)
+        total += (uint64_t)j->segs[i].size;
+    time_t now = time(NULL);
+    int removed = 0;
+    /* never the current segment; only segments whose events are all covered */
+    while (j->n > 1 && j->segs[1].first <= j->checkpoint + 1) {
+        struct segment *s = &j->segs[0];
+        if (total <= keep_bytes && now - s->mtime < (time_t)keep_s)
+            break;
+        if (unlink(s->path) < 0)
+            break;
+        total -= (uint64_t)s->size;
+        free(s->path);
+        memmove(j->segs, j->segs + 1, (j->n - 1) * sizeof *j->segs);
+        j->n--;
+        removed++;
+    }
+    return removed;
+}
