@@ -46,6 +46,32 @@ const char *config_strategy_name(enum sup_strategy s)
     return names[s];
 }
 
+const char *config_fsync_name(enum storage_fsync f)
+{
+    static const char *names[] = { "always", "batch", "never" };
+    return names[f];
+}
+
+size_t config_worker_args(const struct storage_config *st, char **argv, char *buf, size_t len)
+{
+    static const char *flags[] = { "--fsync", "--batch-interval-ms", "--checkpoint-ms",
+                                   "--segment-mb", "--retention-mb", "--retention-s" };
+    unsigned values[] = { 0, st->batch_interval_ms, st->checkpoint_ms, st->segment_mb,
+                          st->retention_mb, st->retention_s };
+    size_t n = 0, used = 0;
+    for (size_t i = 0; i < 6; i++) {
+        argv[n++] = (char *)flags[i];
+        char *v = buf + used;
+        int w = i == 0 ? snprintf(v, len - used, "%s", config_fsync_name(st->fsync))
+                       : snprintf(v, len - used, "%u", values[i]);
+        if (w < 0 || (size_t)w >= len - used)
+            return n - 1;
+        used += (size_t)w + 1;
+        argv[n++] = v;
+    }
+    return n;
+}
+
 const char *config_restart_name(enum child_restart r)
 {
     static const char *names[] = { "permanent", "transient", "temporary" };
@@ -70,6 +96,7 @@ void config_defaults(struct cqrsd_config *cfg)
     cfg->heartbeat_ms = 1000;
     cfg->heartbeat_timeout_ms = 3000;
     cfg->standby = 1;
+    cfg->storage = (struct storage_config){ FSYNC_ALWAYS, 10, 1000, 64, 256, 3600 };
     for (size_t i = 0; aggregate_registry[i] && cfg->n_children < CONFIG_MAX_CHILDREN; i++) {
         config_child_defaults(&cfg->children[cfg->n_children], aggregate_registry[i]->name);
         cfg->children[cfg->n_children++].shutdown_ms = (int)cfg->shutdown_timeout_ms;
@@ -102,7 +129,7 @@ static void config_section(struct config_parse *p, const char *line)
         return;   /* inih reports the malformed line */
     char name[128];
     snprintf(name, sizeof name, "%.*s", (int)(close - line - 1), line + 1);
-    if (strcmp(name, "supervisor") == 0)
+    if (strcmp(name, "supervisor") == 0 || strcmp(name, "storage") == 0)
         return;
     if (strncmp(name, "child ", 6) != 0) {
         config_fail(p, "unknown section [%s]", name);
@@ -174,6 +201,32 @@ static int config_supervisor_key(struct config_parse *p, const char *key, const 
     return config_fail(p, "unknown key \"%s\" in [supervisor]", key);
 }
 
+static int config_storage_key(struct config_parse *p, const char *key, const char *value)
+{
+    struct storage_config *st = &p->cfg->storage;
+    const char *s = "storage";
+    if (strcmp(key, "fsync") == 0) {
+        for (int f = FSYNC_ALWAYS; f <= FSYNC_NEVER; f++)
+            if (strcmp(value, config_fsync_name(f)) == 0) {
+                st->fsync = f;
+                return 1;
+            }
+        return config_fail(p, "fsync in [storage] must be always, batch or never, not \"%s\"",
+                           value);
+    }
+    if (strcmp(key, "batch_interval_ms") == 0)
+        return config_uint(p, s, key, value, 1, 60000, &st->batch_interval_ms);
+    if (strcmp(key, "checkpoint_ms") == 0)
+        return config_uint(p, s, key, value, 1, 3600000, &st->checkpoint_ms);
+    if (strcmp(key, "journal_segment_mb") == 0)
+        return config_uint(p, s, key, value, 1, 4096, &st->segment_mb);
+    if (strcmp(key, "journal_retention_mb") == 0)
+        return config_uint(p, s, key, value, 0, 1048576, &st->retention_mb);
+    if (strcmp(key, "journal_retention_s") == 0)
+        return config_uint(p, s, key, value, 0, 31536000, &st->retention_s);
+    return config_fail(p, "unknown key \"%s\" in [storage]", key);
+}
+
 static int config_child_key(struct config_parse *p, const char *section, const char *key,
                             const char *value)
 {
@@ -213,6 +266,8 @@ static int config_handler(void *user, const char *section, const char *key, cons
         return 0;
     if (strcmp(section, "supervisor") == 0)
         return config_supervisor_key(p, key, value);
+    if (strcmp(section, "storage") == 0)
+        return config_storage_key(p, key, value);
     if (strncmp(section, "child ", 6) == 0)
         return config_child_key(p, section, key, value);
     if (!section[0])

@@ -11,6 +11,14 @@
  *   heartbeat_timeout_ms = 3000   ; no answer in time: the worker is hung
  *   standby = true                ; keep a started spare worker per child
  *
+ *   [storage]                     ; handed to every worker
+ *   fsync = always                ; always | batch | never
+ *   batch_interval_ms = 10        ; fsync = batch: sync the journal this often
+ *   checkpoint_ms = 1000          ; sync stream files, checkpoint the journal
+ *   journal_segment_mb = 64       ; journal segment size
+ *   journal_retention_mb = 256    ; checkpointed segments kept up to this size ...
+ *   journal_retention_s = 3600    ; ... or this age
+ *
  *   [child wallet]                ; in start order; NAME is an aggregate type
  *   restart = permanent           ; permanent | transient | temporary
  *   shutdown_ms = 5000            ; or brutal_kill
@@ -35,6 +43,17 @@ struct child_config {
     int shutdown_ms;              /* CONFIG_BRUTAL_KILL: SIGKILL at once */
 };
 
+enum storage_fsync { FSYNC_ALWAYS, FSYNC_BATCH, FSYNC_NEVER };
+
+struct storage_config {
+    enum storage_fsync fsync;
+    unsigned batch_interval_ms;
+    unsigned checkpoint_ms;
+    unsigned segment_mb;
+    unsigned retention_mb;
+    unsigned retention_s;
+};
+
 struct cqrsd_config {
     enum sup_strategy strategy;
     unsigned intensity;
@@ -44,6 +63,7 @@ struct cqrsd_config {
     unsigned heartbeat_ms;
     unsigned heartbeat_timeout_ms;
     int standby;
+    struct storage_config storage;
     struct child_config children[CONFIG_MAX_CHILDREN];
     size_t n_children;
 };
@@ -58,5 +78,11 @@ int config_load(const char *path, struct cqrsd_config *cfg, char *err, size_t er
 
 const char *config_strategy_name(enum sup_strategy s);
 const char *config_restart_name(enum child_restart r);
+const char *config_fsync_name(enum storage_fsync f);
+
+/* The worker's command-line options for `storage` into argv (at most
+ * CONFIG_WORKER_ARGS entries, strings in `buf`); returns the count. */
+#define CONFIG_WORKER_ARGS 12
+size_t config_worker_args(const struct storage_config *storage, char **argv, char *buf, size_t len);
 
 #endif

@@ -131,10 +131,12 @@ static pid_t sup_launch(struct sup *s, const char *name, int *fd)
         log_error("child %s: socketpair: %s", name, strerror(errno));
         return -1;
     }
-    char ppid[16];
+    char ppid[16], buf[256];
     snprintf(ppid, sizeof ppid, "%d", (int)getpid());
-    char *argv[] = { "cqrs-worker", "--type", (char *)name, "--data-dir",
-                     (char *)s->opt.data_dir, "--fd", "3", "--supervisor-pid", ppid, NULL };
+    char *argv[10 + CONFIG_WORKER_ARGS] = { "cqrs-worker", "--type", (char *)name, "--data-dir",
+                                            (char *)s->opt.data_dir, "--fd", "3",
+                                            "--supervisor-pid", ppid };
+    config_worker_args(&s->cfg.storage, argv + 9, buf, sizeof buf);
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t at;
     sigset_t none, defaults;

@@ -87,6 +87,22 @@ Test(config, full_file_with_comments_and_empty_child_section)
     cr_assert_eq(cfg.children[1].shutdown_ms, 700);
 }
 
+Test(config, storage_section_and_worker_args)
+{
+    cr_assert_eq(load("[storage]\nfsync = batch\nbatch_interval_ms = 5\ncheckpoint_ms = 200\n"
+                      "journal_segment_mb = 8\njournal_retention_mb = 16\njournal_retention_s = 60\n"
+                      "[child wallet]\n"), 0, "%s", err);
+    cr_assert_eq(cfg.storage.fsync, FSYNC_BATCH);
+    char *argv[CONFIG_WORKER_ARGS];
+    char buf[256];
+    size_t n = config_worker_args(&cfg.storage, argv, buf, sizeof buf);
+    cr_assert_eq(n, 12);
+    const char *want[] = { "--fsync", "batch", "--batch-interval-ms", "5", "--checkpoint-ms", "200",
+                           "--segment-mb", "8", "--retention-mb", "16", "--retention-s", "60" };
+    for (size_t i = 0; i < n; i++)
+        cr_assert_str_eq(argv[i], want[i]);
+}
+
 Test(config, transient_and_explicit_shutdown)
 {
     cr_assert_eq(load("[child wallet]\nrestart = transient\nshutdown_ms = 250\n"), 0, "%s", err);
@@ -127,7 +143,10 @@ Test(config, unknown_type_duplicate_child_unknown_section)
 {
     expect_error("[child wallet]\n[child nope]\n", 2, "\"nope\"");
     expect_error("[child wallet]\n[child account]\n[child wallet]\n", 3, "twice");
-    expect_error("[child wallet]\n[storage]\nfsync = always\n", 2, "unknown section [storage]");
+    expect_error("[child wallet]\n[store]\nfsync = always\n", 2, "unknown section [store]");
+    expect_error("[storage]\nfsync = sometimes\n[child wallet]\n", 2, "fsync");
+    expect_error("[storage]\ncheckpoint_ms = 0\n[child wallet]\n", 2, "checkpoint_ms");
+    expect_error("[storage]\nfsnyc = always\n[child wallet]\n", 2, "unknown key \"fsnyc\" in [storage]");
 }
 
 Test(config, no_children_or_unreadable_file)
