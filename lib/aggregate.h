@@ -13,7 +13,12 @@
  * decide makes the second (business rules against the state: REJECTED).
  *
  * The state is the type's own C struct, opaque to the host; `state_pack`
- * turns it into the type's state message for STATE queries. Events are
+ * turns it into the type's state message for STATE queries and snapshots,
+ * and `state_unpack` turns a snapshot's state message back into the struct,
+ * exactly: state_pack(state_unpack(state_pack(s))) == state_pack(s), byte
+ * for byte. `snapshot_version` names the meaning of a snapshot: a snapshot
+ * written under another number is stale and the stream is replayed from its
+ * log instead (worker/snapshot.h). Events are
  * emitted as protobuf messages and packed at once (agg_emit), so a decider
  * can build them on the stack.
  *
@@ -71,6 +76,16 @@ struct aggregate_type {
      * state (errno EINVAL: a log that contradicts the rules, the stream is
      * corrupt) or memory ran out (errno ENOMEM). */
     int (*evolve)(void *state, const ProtobufCMessage *event);
+
+    /* Bump whenever decide, evolve or the state's layout changes: snapshots
+     * written under another number are stale and ignored. 0: the type
+     * takes no snapshots (and may leave state_unpack NULL). */
+    uint32_t snapshot_version;
+    /* The inverse of state_pack: a new state built from a packed state
+     * message. NULL (errno EINVAL) when the bytes do not decode, a string
+     * holds a NUL byte, or the state breaks an invariant evolve enforces;
+     * NULL (errno ENOMEM) when out of memory. Free with state_free. */
+    void *(*state_unpack)(const uint8_t *data, size_t len);
 };
 
 /* Packs `event` into the decision. Returns AGG_ACCEPT, or AGG_REJECT with an

@@ -10,6 +10,9 @@
  * the state (REJECTED) and never touches it; evolve applies one event and
  * returns -1 (errno EINVAL) when the event contradicts the state, or -1
  * (errno ENOMEM) when it cannot allocate; the state is unchanged either way.
+ * state_unpack (snapshots) rebuilds a state from AccountState and refuses
+ * one evolve could never have built: open and closed at once, or a new
+ * account with an owner or an email.
  */
 #include "types.h"
 
@@ -20,6 +23,7 @@
 #include <string.h>
 
 #include "account.pb-c.h"
+#include "pbwire.h"
 
 #define ACCOUNT_OWNER_MAX 100   /* bytes */
 #define ACCOUNT_EMAIL_MAX 254   /* bytes, the longest address SMTP carries */
@@ -80,6 +84,47 @@ static size_t account_state_pack(const void *state, ProtobufCBuffer *out)
     msg.open = s->stage == ACCOUNT_OPEN;
     msg.closed = s->stage == ACCOUNT_CLOSED;
     return protobuf_c_message_pack_to_buffer(&msg.base, out);
+}
+
+static void *account_state_unpack(const uint8_t *data, size_t len)
+{
+    if (pbwire_check_strings(&account__account_state__descriptor, data, len) < 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    Account__AccountState *m = account__account_state__unpack(NULL, len, data);
+    if (!m) {
+        errno = EINVAL;        /* protobuf-c does not tell ENOMEM apart */
+        return NULL;
+    }
+    const char *owner = account_str(m->owner), *email = account_str(m->email);
+    struct account_state *s = NULL;
+    if ((m->open && m->closed) || (!m->open && !m->closed && (owner[0] || email[0]))) {
+        errno = EINVAL;
+        goto fail;
+    }
+    s = account_state_new();
+    if (!s)
+        goto nomem;
+    if (m->open || m->closed) {
+        /* evolve takes any owner and email, "" included: so does this */
+        if (!(s->owner = strdup(owner)) || !(s->email = strdup(email)))
+            goto nomem;
+        s->stage = m->open ? ACCOUNT_OPEN : ACCOUNT_CLOSED;
+    }
+    account__account_state__free_unpacked(m, NULL);
+    return s;
+
+nomem:
+    errno = ENOMEM;
+fail:
+    {
+        int e = errno;
+        account_state_free(s);
+        account__account_state__free_unpacked(m, NULL);
+        errno = e;
+        return NULL;
+    }
 }
 
 /* --- validate: payload domains ------------------------------------------ */
@@ -234,4 +279,6 @@ const struct aggregate_type account_type = {
     .validate = account_validate,
     .decide = account_decide,
     .evolve = account_evolve,
+    .snapshot_version = 1,
+    .state_unpack = account_state_unpack,
 };

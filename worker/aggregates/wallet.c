@@ -16,6 +16,9 @@
  * the state (REJECTED) and never touches it; evolve applies one event and
  * returns -1 (errno EINVAL) when the event contradicts the state, or -1
  * (errno ENOMEM) when it cannot allocate; the state is unchanged either way.
+ * state_unpack (snapshots) rebuilds a state from WalletState and refuses one
+ * that evolve could never have built: a negative balance or block, an empty
+ * or repeated tx_id, blocks above the balance.
  */
 #include "types.h"
 
@@ -25,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pbwire.h"
 #include "wallet.pb-c.h"
 
 #define WALLET_DEFAULT_LABEL "Main wallet"
@@ -148,6 +152,97 @@ static size_t wallet_state_pack(const void *state, ProtobufCBuffer *out)
         n += protobuf_c_message_pack_to_buffer(&part.base, out);
     }
     return n;
+}
+
+static int wallet_cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* 0 if no two blocks share a tx_id; sorting keeps a large state O(n log n). */
+static int wallet_tx_ids_unique(const Wallet__WalletState *m)
+{
+    if (m->n_blocked < 2)
+        return 0;
+    const char **ids = malloc(m->n_blocked * sizeof *ids);
+    if (!ids)
+        return -1;
+    for (size_t i = 0; i < m->n_blocked; i++)
+        ids[i] = m->blocked[i]->tx_id;
+    qsort(ids, m->n_blocked, sizeof *ids, wallet_cmp_str);
+    int rc = 0;
+    for (size_t i = 1; i < m->n_blocked && rc == 0; i++)
+        if (strcmp(ids[i - 1], ids[i]) == 0) {
+            errno = EINVAL;
+            rc = -1;
+        }
+    free(ids);
+    return rc;
+}
+
+/* The invariants evolve keeps, checked on a decoded message: 0 or -1 with
+ * errno (EINVAL, or ENOMEM from the tx_id check). */
+static int wallet_state_check(const Wallet__WalletState *m)
+{
+    errno = EINVAL;
+    if (m->balance < 0 || m->n_blocked > UINT32_MAX)
+        return -1;
+    int64_t room = m->balance;         /* balance - sum(blocks so far) */
+    for (size_t i = 0; i < m->n_blocked; i++) {
+        const Wallet__BlockedFunds *b = m->blocked[i];
+        if (wallet_strlen(b->tx_id) == 0 || b->amount <= 0 || b->amount > room)
+            return -1;
+        room -= b->amount;
+    }
+    return wallet_tx_ids_unique(m);
+}
+
+static void *wallet_state_unpack(const uint8_t *data, size_t len)
+{
+    if (pbwire_check_strings(&wallet__wallet_state__descriptor, data, len) < 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    Wallet__WalletState *m = wallet__wallet_state__unpack(NULL, len, data);
+    if (!m) {
+        errno = EINVAL;        /* protobuf-c does not tell ENOMEM apart */
+        return NULL;
+    }
+    struct wallet_state *s = NULL;
+    if (wallet_state_check(m) < 0)
+        goto fail;
+    s = wallet_state_new();
+    if (!s)
+        goto nomem;
+    const char *label = m->label ? m->label : "";
+    if (strcmp(label, WALLET_DEFAULT_LABEL) != 0 && !(s->label = strdup(label)))
+        goto nomem;
+    s->balance = m->balance;
+    if (m->n_blocked) {
+        s->blocked = malloc(m->n_blocked * sizeof *s->blocked);
+        if (!s->blocked)
+            goto nomem;
+        s->cap_blocked = (uint32_t)m->n_blocked;
+        for (size_t i = 0; i < m->n_blocked; i++) {
+            char *tx_id = strdup(m->blocked[i]->tx_id);
+            if (!tx_id)
+                goto nomem;
+            s->blocked[s->n_blocked++] = (struct wallet_block){ tx_id, m->blocked[i]->amount };
+        }
+    }
+    wallet__wallet_state__free_unpacked(m, NULL);
+    return s;
+
+nomem:
+    errno = ENOMEM;
+fail:
+    {
+        int e = errno;
+        wallet_state_free(s);
+        wallet__wallet_state__free_unpacked(m, NULL);
+        errno = e;
+        return NULL;
+    }
 }
 
 /* --- validate: payload domains ------------------------------------------ */
@@ -397,4 +492,6 @@ const struct aggregate_type wallet_type = {
     .validate = wallet_validate,
     .decide = wallet_decide,
     .evolve = wallet_evolve,
+    .snapshot_version = 1,
+    .state_unpack = wallet_state_unpack,
 };
