@@ -55,11 +55,12 @@ const char *config_fsync_name(enum storage_fsync f)
 size_t config_worker_args(const struct storage_config *st, char **argv, char *buf, size_t len)
 {
     static const char *flags[] = { "--fsync", "--batch-interval-ms", "--checkpoint-ms",
-                                   "--segment-mb", "--retention-mb", "--retention-s" };
+                                   "--segment-mb", "--retention-mb", "--retention-s",
+                                   "--snapshot-every" };
     unsigned values[] = { 0, st->batch_interval_ms, st->checkpoint_ms, st->segment_mb,
-                          st->retention_mb, st->retention_s };
+                          st->retention_mb, st->retention_s, st->snapshot_every };
     size_t n = 0, used = 0;
-    for (size_t i = 0; i < 6; i++) {
+    for (size_t i = 0; i < 7; i++) {
         argv[n++] = (char *)flags[i];
         char *v = buf + used;
         int w = i == 0 ? snprintf(v, len - used, "%s", config_fsync_name(st->fsync))
@@ -96,7 +97,7 @@ void config_defaults(struct cqrsd_config *cfg)
     cfg->heartbeat_ms = 1000;
     cfg->heartbeat_timeout_ms = 3000;
     cfg->standby = 1;
-    cfg->storage = (struct storage_config){ FSYNC_ALWAYS, 10, 1000, 64, 256, 3600 };
+    cfg->storage = (struct storage_config){ FSYNC_ALWAYS, 10, 1000, 64, 256, 3600, 1000 };
     for (size_t i = 0; aggregate_registry[i] && cfg->n_children < CONFIG_MAX_CHILDREN; i++) {
         config_child_defaults(&cfg->children[cfg->n_children], aggregate_registry[i]->name);
         cfg->children[cfg->n_children++].shutdown_ms = (int)cfg->shutdown_timeout_ms;
@@ -224,6 +225,8 @@ static int config_storage_key(struct config_parse *p, const char *key, const cha
         return config_uint(p, s, key, value, 0, 1048576, &st->retention_mb);
     if (strcmp(key, "journal_retention_s") == 0)
         return config_uint(p, s, key, value, 0, 31536000, &st->retention_s);
+    if (strcmp(key, "snapshot_every") == 0)
+        return config_uint(p, s, key, value, 0, 100000000, &st->snapshot_every);
     return config_fail(p, "unknown key \"%s\" in [storage]", key);
 }
 

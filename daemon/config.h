@@ -18,6 +18,7 @@
  *   journal_segment_mb = 64       ; journal segment size
  *   journal_retention_mb = 256    ; checkpointed segments kept up to this size ...
  *   journal_retention_s = 3600    ; ... or this age
+ *   snapshot_every = 1000         ; events between snapshots of a stream; 0 = off
  *
  *   [child wallet]                ; in start order; NAME is an aggregate type
  *   restart = permanent           ; permanent | transient | temporary
@@ -52,6 +53,7 @@ struct storage_config {
     unsigned segment_mb;
     unsigned retention_mb;
     unsigned retention_s;
+    unsigned snapshot_every;
 };
 
 struct cqrsd_config {
@@ -82,7 +84,7 @@ const char *config_fsync_name(enum storage_fsync f);
 
 /* The worker's command-line options for `storage` into argv (at most
  * CONFIG_WORKER_ARGS entries, strings in `buf`); returns the count. */
-#define CONFIG_WORKER_ARGS 12
+#define CONFIG_WORKER_ARGS 14
 size_t config_worker_args(const struct storage_config *storage, char **argv, char *buf, size_t len);
 
 #endif

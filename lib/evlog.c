@@ -91,10 +91,9 @@ static int evlog_valid_record_after(const uint8_t *buf, off_t from, off_t size)
 
 /* Walks the records of buf[0..size); see the recovery rules in evlog.h.
  * Sets *good_end to the end of the last good record. */
-static int evlog_scan(const uint8_t *buf, off_t size, evlog_replay_fn fn, void *arg,
+static int evlog_scan(const uint8_t *buf, off_t size, off_t pos, evlog_replay_fn fn, void *arg,
                       struct evlog_open_info *info, int check_versions, off_t *good_end)
 {
-    off_t pos = EVLOG_MAGIC_LEN;
     while (pos < size) {
         off_t left = size - pos;
         if (left < EVLOG_HEADER_LEN)
@@ -166,6 +165,12 @@ static int evlog_keep_torn(const char *path, const uint8_t *p, size_t len)
 int evlog_open(const char *path, int flags, evlog_replay_fn fn, void *arg,
                struct evlog **out, struct evlog_open_info *info)
 {
+    return evlog_open_at(path, flags, EVLOG_MAGIC_LEN, 0, fn, arg, out, info);
+}
+
+int evlog_open_at(const char *path, int flags, off_t start, uint64_t start_version,
+                  evlog_replay_fn fn, void *arg, struct evlog **out, struct evlog_open_info *info)
+{
     struct evlog_open_info scratch;
     if (!info)
         info = &scratch;
@@ -217,8 +222,13 @@ int evlog_open(const char *path, int flags, evlog_replay_fn fn, void *arg,
             rc = evlog_corrupt(info, "bad log header (%lld bytes)", size);
             goto fail_rc;
         }
-        off_t good_end = EVLOG_MAGIC_LEN;
-        rc = evlog_scan(buf, size, fn, arg, info, !(flags & EVLOG_ANY_VERSIONS), &good_end);
+        if (start < EVLOG_MAGIC_LEN || start > size) {
+            rc = evlog_corrupt(info, "replay would start at byte %lld, outside the file", start);
+            goto fail_rc;
+        }
+        off_t good_end = start;
+        info->records = start_version;
+        rc = evlog_scan(buf, size, start, fn, arg, info, !(flags & EVLOG_ANY_VERSIONS), &good_end);
         if (rc != 0)
             goto fail_rc;
         if (good_end < size) {
@@ -269,6 +279,11 @@ void evlog_free(struct evlog *log)
         close(log->fd);
     free(log->path);
     free(log);
+}
+
+int evlog_fd(const struct evlog *log)
+{
+    return log->fd;
 }
 
 off_t evlog_size(const struct evlog *log)

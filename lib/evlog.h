@@ -75,7 +75,15 @@ struct evlog_open_info {
  * EVLOG_CREATE), or EVLOG_CORRUPT. */
 int evlog_open(const char *path, int flags, evlog_replay_fn fn, void *arg,
                struct evlog **out, struct evlog_open_info *info);
+/* The same, trusting the bytes before `start` (a record boundary, e.g. from
+ * a snapshot) and replaying from there; `start_version` is the version of
+ * the record that ends at `start` (info->records counts from it). A start
+ * outside the file is EVLOG_CORRUPT. */
+int evlog_open_at(const char *path, int flags, off_t start, uint64_t start_version,
+                  evlog_replay_fn fn, void *arg, struct evlog **out, struct evlog_open_info *info);
 void evlog_free(struct evlog *log);
+/* The file descriptor (for reads by the caller). */
+int evlog_fd(const struct evlog *log);
 
 /* Bytes in the file (magic included): where the next record goes. */
 off_t evlog_size(const struct evlog *log);

@@ -34,6 +34,7 @@ struct host {
     const struct aggregate_type *type;
     char *dir;
     struct store *store;
+    unsigned snapshot_every;
     struct stream *streams;     /* hash by id */
     struct stream *dirty;       /* streams with pending records */
     struct stream *drops;       /* streams that may be dropped after the batch */
@@ -75,6 +76,7 @@ struct host *host_new(struct event_base *base, const struct aggregate_type *type
     if (!h)
         return NULL;
     h->type = type;
+    h->snapshot_every = opt->snapshot_every;
     if (asprintf(&h->dir, "%s/%s", data_dir, type->name) < 0) {
         free(h);
         errno = ENOMEM;
@@ -200,9 +202,13 @@ static struct stream *host_stream(struct host *h, const char *id)
         return s;
     }
     off_t truncated;
-    s = stream_load(h->type, id, path, &truncated);
+    char snap_path[PATH_MAX], note[300];
+    layout_stream_file(snap_path, sizeof snap_path, h->dir, id, ".snap");
+    s = stream_load(h->type, id, path, snap_path, &truncated, note, sizeof note);
     if (!s)
         return NULL;
+    if (note[0])
+        log_warn("%s %s: %s", h->type->name, id, note);
     if (truncated)
         log_warn("%s %s: cut a torn tail of %lld bytes from its log", h->type->name, id,
                  (long long)truncated);
@@ -232,8 +238,7 @@ static void host_reply_events(struct host *h, uint64_t tag, uint64_t id, struct 
     }
     size_t got = 0, bytes = 0;
     for (uint64_t v = first; v <= last && got < n; v++) {
-        if (cap_size && got > 0 && bytes + s->recs[v - 1].size > HOST_EVENTS_REPLY_MAX)
-            break;
+
         if (stream_read(s, v, &evs[got]) < 0) {
             log_error("%s %s: cannot read event %llu: %s", h->type->name, s->id,
                       (unsigned long long)v, strerror(errno));
@@ -244,8 +249,10 @@ static void host_reply_events(struct host *h, uint64_t tag, uint64_t id, struct 
                       (unsigned long long)v, h->type->name, s->id);
             return;
         }
-        bytes += s->recs[v - 1].size;
+        bytes += cqrs__event_record__get_packed_size(evs[got]);
         got++;
+        if (cap_size && bytes > HOST_EVENTS_REPLY_MAX)
+            break;   /* the client asks again from the next version */
     }
     r.n_events = got;
     r.events = evs;
@@ -424,6 +431,16 @@ void host_request(struct host *h, uint64_t tag, const uint8_t *body, size_t len)
     cqrs__request__free_unpacked(req, NULL);
 }
 
+/* A snapshot every snapshot_every events: loading then replays only the
+ * events after it. A failure costs only load time: it is logged. */
+static void host_snapshot(struct host *h, struct stream *s)
+{
+    char path[PATH_MAX];
+    layout_stream_file(path, sizeof path, h->dir, s->id, ".snap");
+    if (stream_snapshot(s, path) < 0)
+        log_warn("%s %s: cannot write a snapshot: %s", h->type->name, s->id, strerror(errno));
+}
+
 void host_commit(struct host *h, struct evbuffer *out)
 {
     char path[PATH_MAX];
@@ -457,6 +474,8 @@ void host_commit(struct host *h, struct evbuffer *out)
             host_maybe_drop(h, s);
         } else {
             store_written(h->store, path, created);
+            if (h->snapshot_every && s->version - s->snap_version >= h->snapshot_every)
+                host_snapshot(h, s);
         }
     }
     h->dirty = NULL;

@@ -4,7 +4,7 @@
  *   cqrs-worker --type TYPE --data-dir DIR [--fd N] [--supervisor-pid PID]
  *               [--fsync always|batch|never] [--batch-interval-ms N]
  *               [--checkpoint-ms N] [--segment-mb N] [--retention-mb N]
- *               [--retention-s N]
+ *               [--retention-s N] [--snapshot-every N]
  *
  * cqrsd starts it with one end of a socketpair as fd N (default 3). Frames
  * on it are tagged (see lib/frame.h): tag 0 is the supervisor channel, any
@@ -101,7 +101,7 @@ static void worker_usage(FILE *f)
     fprintf(f, "usage: cqrs-worker --type TYPE --data-dir DIR [--fd N] [--supervisor-pid PID]\n"
                "                   [--fsync always|batch|never] [--batch-interval-ms N]\n"
                "                   [--checkpoint-ms N] [--segment-mb N] [--retention-mb N]\n"
-               "                   [--retention-s N]\n"
+               "                   [--retention-s N] [--snapshot-every N]\n"
                "Started by cqrsd; not meant to be run by hand.\n");
 }
 
@@ -122,6 +122,7 @@ int main(int argc, char **argv)
     struct store_options sopt = {
         .fsync = STORE_FSYNC_ALWAYS, .batch_interval_ms = 10, .checkpoint_ms = 1000,
         .segment_bytes = 64 << 20, .retention_bytes = 256u << 20, .retention_s = 3600,
+        .snapshot_every = 1000,
     };
     long supervisor = 0;
     static const struct option opts[] = {
@@ -134,6 +135,7 @@ int main(int argc, char **argv)
         { "segment-mb", required_argument, NULL, 'g' },
         { "retention-mb", required_argument, NULL, 'r' },
         { "retention-s", required_argument, NULL, 'a' },
+        { "snapshot-every", required_argument, NULL, 'n' },
         { "supervisor-pid", required_argument, NULL, 'p' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -161,6 +163,7 @@ int main(int argc, char **argv)
         case 'g': sopt.segment_bytes = (off_t)atoll(optarg) << 20; break;
         case 'r': sopt.retention_bytes = (uint64_t)atoll(optarg) << 20; break;
         case 'a': sopt.retention_s = (unsigned)atoi(optarg); break;
+        case 'n': sopt.snapshot_every = (unsigned)atoi(optarg); break;
         case 'p': supervisor = atol(optarg); break;
         case 'h': worker_usage(stdout); return 0;
         default: worker_usage(stderr); return 64;

@@ -43,6 +43,7 @@ struct store_options {
     off_t segment_bytes;
     uint64_t retention_bytes;
     unsigned retention_s;
+    unsigned snapshot_every;        /* events between snapshots of a stream (0: none) */
 };
 
 struct store;

@@ -1,16 +1,20 @@
 /* stream — see stream.h. */
 #include "stream.h"
 
+#include "frame.h"
+#include "snapshot.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <limits.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static int stream_push_rec(struct stream *s, off_t offset, size_t size)
 {
-    if (s->version + 1 > s->recs_cap) {
+    if (s->version - s->rec_base + 1 > s->recs_cap) {
         size_t ncap = s->recs_cap ? s->recs_cap * 2 : 4;
         struct stream_rec *n = realloc(s->recs, ncap * sizeof *n);
         if (!n) {
@@ -20,7 +24,7 @@ static int stream_push_rec(struct stream *s, off_t offset, size_t size)
         s->recs = n;
         s->recs_cap = ncap;
     }
-    s->recs[s->version] = (struct stream_rec){ offset, (uint32_t)size };
+    s->recs[s->version - s->rec_base] = (struct stream_rec){ offset, (uint32_t)size };
     s->version++;
     return 0;
 }
@@ -65,8 +69,79 @@ static int stream_replay(void *arg, const Cqrs__EventRecord *rec, off_t offset, 
     return 0;
 }
 
+/* Checks that the snapshot's log_offset is where the record after its
+ * version starts (or the end of the log), so replay can resume there. */
+static int stream_snapshot_fits(const char *path, const struct snapshot *snap)
+{
+    struct stat st;
+    if (stat(path, &st) < 0 || (uint64_t)st.st_size < snap->log_offset)
+        return 0;
+    if ((uint64_t)st.st_size == snap->log_offset)
+        return 1;
+    struct evlog *log;
+    if (evlog_open_at(path, EVLOG_READONLY, EVLOG_MAGIC_LEN, 0, NULL, NULL, &log, NULL) != 0)
+        return 0;   /* not even the log itself is sound: full replay says why */
+    uint8_t hdr[EVLOG_HEADER_LEN];
+    int ok = pread(evlog_fd(log), hdr, sizeof hdr, (off_t)snap->log_offset) == sizeof hdr;
+    Cqrs__EventRecord *rec = NULL;
+    ok = ok && evlog_read(log, (off_t)snap->log_offset, EVLOG_HEADER_LEN + frame_get32(hdr), &rec) == 0 &&
+         rec->version == snap->version + 1;
+    if (rec)
+        cqrs__event_record__free_unpacked(rec, NULL);
+    evlog_free(log);
+    return ok;
+}
+
+/* Starts `s` from the snapshot at `snap_path`: 1 when it did, 0 when there
+ * is none or it does not fit (full replay), with the reason in `note`. */
+static int stream_from_snapshot(struct stream *s, const char *path, const char *snap_path,
+                                char *note, size_t notelen)
+{
+    struct snapshot *snap;
+    char why[200];
+    if (snapshot_read(snap_path, s->type->snapshot_version, &snap, why, sizeof why) < 0) {
+        if (errno != ENOENT)
+            snprintf(note, notelen, "snapshot ignored: %s", why);
+        return 0;
+    }
+    void *state = NULL;
+    if (!stream_snapshot_fits(path, snap)) {
+        snprintf(note, notelen, "snapshot ignored: it does not match the log (version %llu at "
+                 "byte %llu)", (unsigned long long)snap->version,
+                 (unsigned long long)snap->log_offset);
+    } else if (!(state = s->type->state_unpack(snap->state, snap->state_len))) {
+        snprintf(note, notelen, "snapshot ignored: its state does not unpack");
+    } else {
+        s->type->state_free(s->state);
+        s->state = state;
+        s->version = s->rec_base = s->snap_version = snap->version;
+        s->snap_offset = (off_t)snap->log_offset;
+        for (size_t i = 0; i < snap->n_cmds; i++)
+            stream_remember(s, snap->cmds[i].command_id, snap->cmds[i].first, snap->cmds[i].count);
+    }
+    snapshot_free(snap);
+    return state != NULL;
+}
+
+/* Back to a new stream's state, for a full replay. */
+static int stream_reset(struct stream *s)
+{
+    struct stream_cmd *c, *tmp;
+    HASH_ITER(hh, s->cmds, c, tmp) {
+        HASH_DEL(s->cmds, c);
+        free(c->command_id);
+        free(c);
+    }
+    s->type->state_free(s->state);
+    s->state = s->type->state_new();
+    s->version = s->rec_base = s->snap_version = 0;
+    s->snap_offset = 0;
+    return s->state ? 0 : -1;
+}
+
 struct stream *stream_load(const struct aggregate_type *type, const char *id,
-                           const char *path, off_t *truncated)
+                           const char *path, const char *snap_path, off_t *truncated,
+                           char *note, size_t notelen)
 {
     struct stream *s = calloc(1, sizeof *s);
     if (!s)
@@ -79,8 +154,23 @@ struct stream *stream_load(const struct aggregate_type *type, const char *id,
         return NULL;
     }
     *truncated = 0;
+    note[0] = '\0';
     struct evlog_open_info info;
-    int rc = evlog_open(path, 0, stream_replay, s, &s->log, &info);
+    int rc;
+    if (type->snapshot_version && snap_path && stream_from_snapshot(s, path, snap_path, note, notelen)) {
+        rc = evlog_open_at(path, 0, s->snap_offset, s->version, stream_replay, s, &s->log, &info);
+        if (rc != 0 && !(rc == -1 && errno == ENOENT)) {
+            snprintf(note, notelen, "snapshot ignored: replay after it failed");
+            s->detail[0] = '\0';
+            if (stream_reset(s) < 0) {
+                stream_free(s);
+                return NULL;
+            }
+            rc = evlog_open(path, 0, stream_replay, s, &s->log, &info);
+        }
+    } else {
+        rc = evlog_open(path, 0, stream_replay, s, &s->log, &info);
+    }
     if (rc == 0) {
         *truncated = info.truncated_bytes;
     } else if (rc == -1 && errno == ENOENT) {
@@ -95,6 +185,39 @@ struct stream *stream_load(const struct aggregate_type *type, const char *id,
     }
     s->durable = s->version;
     return s;
+}
+
+int stream_snapshot(struct stream *s, const char *snap_path)
+{
+    if (!s->type->snapshot_version || !s->log || s->version == 0 || s->version > s->durable) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct snapshot snap = { .snapshot_version = s->type->snapshot_version, .version = s->version,
+                             .log_offset = (uint64_t)evlog_size(s->log) };
+    uint8_t scratch[512];
+    ProtobufCBufferSimple buf = PROTOBUF_C_BUFFER_SIMPLE_INIT(scratch);
+    s->type->state_pack(s->state, &buf.base);
+    snap.state = buf.data;
+    snap.state_len = buf.len;
+    size_t n = HASH_COUNT(s->cmds), i = 0;
+    snap.cmds = n ? calloc(n, sizeof *snap.cmds) : NULL;
+    if (n && !snap.cmds) {
+        PROTOBUF_C_BUFFER_SIMPLE_CLEAR(&buf);
+        errno = ENOMEM;
+        return -1;
+    }
+    for (struct stream_cmd *c = s->cmds; c; c = c->hh.next)   /* oldest first */
+        snap.cmds[i++] = (struct snapshot_cmd){ c->command_id, c->first, c->count };
+    snap.n_cmds = n;
+    int rc = snapshot_write(snap_path, &snap);
+    int e = errno;
+    free(snap.cmds);
+    PROTOBUF_C_BUFFER_SIMPLE_CLEAR(&buf);
+    if (rc == 0)
+        s->snap_version = s->version;
+    errno = e;
+    return rc;
 }
 
 void stream_free(struct stream *s)
@@ -229,17 +352,53 @@ int stream_commit(struct stream *s, const char *path, int *created)
     return 0;
 }
 
-int stream_read(const struct stream *s, uint64_t version, Cqrs__EventRecord **out)
+/* Where record `version` starts and how long it is. Versions before the
+ * in-memory index (loaded from a snapshot) are found by walking the
+ * headers from the start of the file, resuming from the last walk. */
+static int stream_locate(struct stream *s, uint64_t version, off_t *off, size_t *size)
 {
+    if (version > s->rec_base) {
+        const struct stream_rec *r = &s->recs[version - 1 - s->rec_base];
+        *off = r->offset;
+        *size = r->size;
+        return 0;
+    }
+    if (!s->walk_v || s->walk_v > version) {
+        s->walk_v = 1;
+        s->walk_off = EVLOG_MAGIC_LEN;
+    }
+    uint8_t hdr[EVLOG_HEADER_LEN];
+    for (;;) {
+        if (pread(evlog_fd(s->log), hdr, sizeof hdr, s->walk_off) != sizeof hdr) {
+            s->walk_v = 0;
+            errno = EIO;
+            return -1;
+        }
+        size_t len = EVLOG_HEADER_LEN + frame_get32(hdr);
+        if (s->walk_v == version) {
+            *off = s->walk_off;
+            *size = len;
+            return 0;
+        }
+        s->walk_off += (off_t)len;
+        s->walk_v++;
+    }
+}
+
+int stream_read(struct stream *s, uint64_t version, Cqrs__EventRecord **out)
+{
+    off_t off;
+    size_t size;
     if (version == 0 || version > s->version) {
         errno = EINVAL;
         return -1;
     }
-    const struct stream_rec *r = &s->recs[version - 1];
+    if (stream_locate(s, version, &off, &size) < 0)
+        return -1;
     if (version <= s->durable)
-        return evlog_read(s->log, r->offset, r->size, out);
-    size_t at = (size_t)(r->offset - stream_base(s)) + EVLOG_HEADER_LEN;
-    *out = cqrs__event_record__unpack(NULL, r->size - EVLOG_HEADER_LEN, s->pending + at);
+        return evlog_read(s->log, off, size, out);
+    size_t at = (size_t)(off - stream_base(s)) + EVLOG_HEADER_LEN;
+    *out = cqrs__event_record__unpack(NULL, size - EVLOG_HEADER_LEN, s->pending + at);
     if (!*out) {
         errno = EIO;
         return -1;

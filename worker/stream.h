@@ -41,8 +41,13 @@ struct stream {
     uint64_t version;
     uint64_t durable;             /* version in the file */
     struct evlog *log;            /* NULL until the first append */
-    struct stream_rec *recs;      /* recs[v-1] for version v */
+    struct stream_rec *recs;      /* recs[v-1-rec_base] for version v > rec_base */
     size_t recs_cap;
+    uint64_t rec_base;            /* versions up to here came from a snapshot */
+    uint64_t snap_version;        /* version of the latest snapshot (0: none) */
+    off_t snap_offset;
+    uint64_t walk_v;              /* stream_read's walk through older records */
+    off_t walk_off;
     struct stream_cmd *cmds;      /* hash by command id */
     struct stream_cmd **ring;     /* oldest first, STREAM_CMD_WINDOW slots */
     size_t ring_head, ring_len;
@@ -58,12 +63,18 @@ struct stream {
     char detail[200];             /* why, for CORRUPT replies */
 };
 
-/* Loads the stream `id` of `type` from `path` (absent: a new, empty stream).
- * Returns NULL only when out of memory; a log that fails its checks gives a
- * quarantined stream, an I/O error a stream with `corrupt` = -1 (INTERNAL,
- * not kept). `truncated` is set to the bytes of a torn tail cut away. */
+/* Loads the stream `id` of `type` from `path` (absent: a new, empty stream),
+ * starting from the snapshot at `snap_path` when there is a good one (a bad
+ * or stale one is ignored, with the reason in `note`, and the whole log is
+ * replayed). Returns NULL only when out of memory; a log that fails its
+ * checks gives a quarantined stream, an I/O error a stream with `corrupt` =
+ * -1 (INTERNAL, not kept). `truncated` is set to the bytes of a torn tail
+ * cut away. */
 struct stream *stream_load(const struct aggregate_type *type, const char *id,
-                           const char *path, off_t *truncated);
+                           const char *path, const char *snap_path, off_t *truncated,
+                           char *note, size_t notelen);
+/* Writes a snapshot of the (durable) state to `snap_path`. 0 or -1. */
+int stream_snapshot(struct stream *s, const char *snap_path);
 void stream_free(struct stream *s);
 
 /* The remembered command, or NULL. */
@@ -85,6 +96,6 @@ int stream_remember(struct stream *s, const char *command_id, uint64_t first, ui
 int stream_commit(struct stream *s, const char *path, int *created);
 
 /* Reads record `version` (1-based) from the file or from pending. */
-int stream_read(const struct stream *s, uint64_t version, Cqrs__EventRecord **out);
+int stream_read(struct stream *s, uint64_t version, Cqrs__EventRecord **out);
 
 #endif

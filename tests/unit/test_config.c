@@ -96,9 +96,10 @@ Test(config, storage_section_and_worker_args)
     char *argv[CONFIG_WORKER_ARGS];
     char buf[256];
     size_t n = config_worker_args(&cfg.storage, argv, buf, sizeof buf);
-    cr_assert_eq(n, 12);
+    cr_assert_eq(n, 14);
     const char *want[] = { "--fsync", "batch", "--batch-interval-ms", "5", "--checkpoint-ms", "200",
-                           "--segment-mb", "8", "--retention-mb", "16", "--retention-s", "60" };
+                           "--segment-mb", "8", "--retention-mb", "16", "--retention-s", "60",
+                           "--snapshot-every", "1000" };
     for (size_t i = 0; i < n; i++)
         cr_assert_str_eq(argv[i], want[i]);
 }
