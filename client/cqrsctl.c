@@ -1,6 +1,7 @@
 /*
  * cqrsctl — the bundled client of cqrsd: send commands, query state, dump a
- * stream, show the supervision tree, kill a worker to watch it come back.
+ * stream, check the event logs, show the supervision tree, kill a worker to
+ * watch it come back.
  *
  *   cqrsctl [-s PATH] [--json] <subcommand> ...      (see usage() below)
  *
@@ -13,8 +14,9 @@
  * Output: human text on stdout by default, or with --json exactly one JSON
  * document (also for a non-OK reply: {"status":..,"error":..}). Errors go to
  * stderr as one sentence prefixed "cqrsctl: ". Exit codes follow sysexits:
- * 0 ok, 1 rejected/conflict/not found, 64 usage, 65 INVALID, 69 unreachable
- * UNAVAILABLE BUSY, 70 INTERNAL CORRUPT or a protocol error.
+ * 0 ok, 1 rejected/conflict/not found (verify: problems found), 64 usage,
+ * 65 INVALID, 69 unreachable UNAVAILABLE BUSY, 70 INTERNAL CORRUPT or a
+ * protocol error.
  *
  * Replies are untrusted: strings from the daemon are repaired into valid
  * UTF-8 for JSON, event and state payloads that fail to decode are protocol
@@ -88,6 +90,9 @@ static void usage(FILE *out)
 "  get TYPE ID         print the aggregate's state and version\n"
 "  events TYPE ID [--from N]\n"
 "                      print the aggregate's events from version N (default 1)\n"
+"  verify [TYPE [ID]]  check event logs in the daemon, read-only: the stream ID\n"
+"                      of TYPE, every stream of TYPE, or of every type; prints\n"
+"                      one line per problem, nothing when all is well\n"
 "  status              print the supervised workers: pid, state, restarts,\n"
 "                      uptime, last exit\n"
 "  kill TYPE           SIGKILL the worker of TYPE, to watch cqrsd restart it\n"
@@ -107,7 +112,8 @@ static void usage(FILE *out)
 "\n"
 "Exit status:\n"
 "  0   success\n"
-"  1   rejected by a business rule, version conflict, or not found\n"
+"  1   rejected by a business rule, version conflict, or not found; verify:\n"
+"      problems were found\n"
 "  64  usage error: unknown subcommand, option, type, command or field, or an\n"
 "      unparseable value\n"
 "  65  invalid request: the daemon answered INVALID (bad id or payload)\n"
@@ -644,6 +650,92 @@ out:
     return rc;
 }
 
+/* A line from the daemon, kept on one line whatever bytes it holds. */
+static void ctl_print_line(const char *s)
+{
+    for (; s && *s; s++)
+        fputc((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s, stdout);
+    fputc('\n', stdout);
+}
+
+/* VERIFY of one type (every stream when `id` is NULL): its problems are
+ * printed, or appended to `list` (--json), and counted in *problems. 0, or
+ * the exit code after printing why. */
+static int verify_one_type(struct ctl *c, const struct aggregate_type *t, const char *id,
+                           json_t *list, size_t *problems)
+{
+    Cqrs__Request req = CQRS__REQUEST__INIT;
+    Cqrs__Query q = CQRS__QUERY__INIT;
+    q.aggregate_type = (char *)t->name;
+    q.aggregate_id = (char *)(id ? id : "");
+    q.kind = CQRS__QUERY__KIND__VERIFY;
+    req.body_case = CQRS__REQUEST__BODY_QUERY;
+    req.query = &q;
+    Cqrs__Reply *r;
+    if (cqrs_client_call(c->client, &req, &r) < 0)
+        return ctl_call_failed(c, 0);
+    int rc = 0;
+    if (r->status != CQRS__STATUS__OK) {
+        rc = ctl_reply_failed(c, r);
+    } else {
+        for (size_t i = 0; i < r->n_problems && rc == 0; i++) {
+            (*problems)++;
+            if (!list)
+                ctl_print_line(r->problems[i]);
+            else if (json_array_append_new(list, pbtext_json_string(r->problems[i])) < 0)
+                rc = ctl_print_json(NULL);
+        }
+    }
+    cqrs__reply__free_unpacked(r, NULL);
+    return rc;
+}
+
+static int cmd_verify(struct ctl *c, int argc, char **argv)
+{
+    const char *type = NULL, *id = NULL;
+    int npos = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            c->json = 1;
+        else if (strncmp(argv[i], "--", 2) == 0)
+            return ctl_usage_error("unknown option %s for verify", argv[i]);
+        else if (npos >= 2)
+            return ctl_usage_error("too many arguments for verify");
+        else if (npos++ == 0)
+            type = argv[i];
+        else
+            id = argv[i];
+    }
+    const struct aggregate_type *only = NULL;
+    if (type && !(only = ctl_type(type)))
+        return EX_USAGE;
+    if (id && !id[0])
+        return ctl_usage_error("verify needs a non-empty ID (leave it out to check every "
+                               "stream of %s)", only->name);
+    int rc = ctl_connect(c);
+    if (rc)
+        return rc;
+    json_t *list = NULL;
+    if (c->json && !(list = json_array()))
+        return ctl_print_json(NULL);
+
+    /* No TYPE: every registered type, in registry order. */
+    const struct aggregate_type *const one[] = { only, NULL };
+    size_t problems = 0;
+    for (const struct aggregate_type *const *t = only ? one : aggregate_registry; *t; t++)
+        if ((rc = verify_one_type(c, *t, id, list, &problems)) != 0)
+            goto out;
+    rc = problems ? CTL_EXIT_NO : EX_OK;
+    if (c->json) {
+        int jrc = ctl_print_json(json_pack("{s:O, s:b}", "problems", list, "clean", problems == 0));
+        if (jrc != EX_OK)
+            rc = jrc;
+    }
+out:
+    json_decref(list);
+    return rc;
+}
+
 /* "3d04h", "2h05m", "7m09s", "12s". */
 static void fmt_uptime(char *buf, size_t len, int64_t started_at_us)
 {
@@ -816,7 +908,7 @@ int main(int argc, char **argv)
     } subs[] = {
         { "send", cmd_send }, { "get", cmd_get }, { "events", cmd_events },
         { "status", cmd_status }, { "kill", cmd_kill },
-        { "restart", cmd_restart },
+        { "restart", cmd_restart }, { "verify", cmd_verify },
     };
     int rc = -1;
     for (size_t k = 0; k < sizeof subs / sizeof subs[0]; k++)

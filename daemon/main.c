@@ -2,6 +2,7 @@
  * cqrsd — the root supervisor and router.
  *
  *   cqrsd [--config FILE] [--socket PATH] [--data-dir DIR] [--help] [--version]
+ *   cqrsd --verify [--config FILE] [--data-dir DIR]
  *
  * Starts one cqrs-worker per child of its configuration (built in: wallet,
  * then account), each ready before the next; then accepts clients on the
@@ -9,7 +10,12 @@
  * reverse order, deliver the last replies, exit 0. Exits 1 when a worker
  * fails to start or restarts too often (systemd, the parent supervisor,
  * decides what next), 78 when the configuration is wrong.
+ *
+ * --verify checks, offline, the event logs of every child type and starts
+ * nothing: one `PATH: problem` line per problem on stdout, a summary on
+ * stderr; exit 0 clean, 1 problems found, 2 the data dir cannot be read.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
@@ -29,6 +35,7 @@
 #include "log.h"
 #include "router.h"
 #include "sup.h"
+#include "verify.h"
 
 #define DEFAULT_SOCKET "/run/cqrsd/cqrsd.sock"
 #define DEFAULT_DATA_DIR "/var/lib/cqrsd"
@@ -52,6 +59,7 @@ static void daemon_usage(FILE *f)
 {
     fprintf(f,
             "usage: cqrsd [--config FILE] [--socket PATH] [--data-dir DIR]\n"
+            "       cqrsd --verify [--config FILE] [--data-dir DIR]\n"
             "\n"
             "Supervises one cqrs-worker per aggregate type and routes client\n"
             "commands and queries to them over a Unix socket.\n"
@@ -60,6 +68,11 @@ static void daemon_usage(FILE *f)
             "                   children wallet then account, one_for_one)\n"
             "  --socket PATH    client socket (default %s)\n"
             "  --data-dir DIR   event logs (default %s)\n"
+            "  --verify         check the event logs of every child type offline\n"
+            "                   and start nothing: one \"PATH: problem\" line per\n"
+            "                   problem on stdout, a summary on stderr; exit 0 when\n"
+            "                   clean, 1 when problems were found, 2 when the data\n"
+            "                   directory cannot be read\n"
             "  --help           this text\n"
             "  --version        the version\n"
             "\n"
@@ -67,6 +80,55 @@ static void daemon_usage(FILE *f)
             "exit status 1 means a worker failed to start or restarted too often,\n"
             "78 that the configuration is wrong.\n",
             DEFAULT_SOCKET, DEFAULT_DATA_DIR);
+}
+
+/* One `PATH: problem` line; control bytes in a file name become '?', so a
+ * problem stays one line. */
+static void daemon_on_problem(void *arg, const char *path, const char *problem)
+{
+    size_t *problems = arg;
+    (*problems)++;
+    for (const char *p = path; *p; p++)
+        putchar((unsigned char)*p < 0x20 || *p == 0x7f ? '?' : *p);
+    printf(": %s\n", problem);
+}
+
+/* cqrsd --verify: every child type's logs, read-only; returns the exit code. */
+static int daemon_verify(const struct cqrsd_config *cfg, const char *data_dir)
+{
+    DIR *dir = opendir(data_dir);
+    if (!dir) {
+        fprintf(stderr, "cqrsd: cannot read data directory %s: %s\n", data_dir, strerror(errno));
+        return 2;
+    }
+    closedir(dir);
+    size_t len = strlen(data_dir);
+    while (len > 1 && data_dir[len - 1] == '/')
+        len--;
+    size_t streams = 0, problems = 0;
+    int unreadable = 0;
+    for (size_t i = 0; i < cfg->n_children; i++) {
+        const struct aggregate_type *t = aggregate_lookup(cfg->children[i].name);
+        char type_dir[PATH_MAX];
+        if (!t) {         /* config_load accepts registered types only */
+            fprintf(stderr, "cqrsd: unknown aggregate type %s\n", cfg->children[i].name);
+            return 2;
+        }
+        int n = snprintf(type_dir, sizeof type_dir, "%.*s/%s", (int)len, data_dir, t->name);
+        if (n < 0 || (size_t)n >= sizeof type_dir) {
+            fprintf(stderr, "cqrsd: data directory path too long: %s\n", data_dir);
+            return 2;
+        }
+        if (verify_type_counted(t, type_dir, NULL, daemon_on_problem, &problems, &streams) < 0)
+            unreadable = 1;
+    }
+    if (fflush(stdout) != 0) {
+        fprintf(stderr, "cqrsd: cannot write the problems: %s\n", strerror(errno));
+        return 2;
+    }
+    fprintf(stderr, "cqrsd: verified %zu streams of %zu types: %zu problems\n", streams,
+            cfg->n_children, problems);
+    return unreadable ? 2 : problems ? 1 : 0;
 }
 
 /* cqrs-worker beside this binary (build tree), else where install put it. */
@@ -94,12 +156,14 @@ int main(int argc, char **argv)
         socket_path = runtime_sock;
     }
     const char *config_path = NULL;
+    int verify = 0;
     static const struct option opts[] = {
         { "config", required_argument, NULL, 'c' },
         { "socket", required_argument, NULL, 's' },
         { "data-dir", required_argument, NULL, 'd' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
+        { "verify", no_argument, NULL, 'v' },
         { NULL, 0, NULL, 0 },
     };
     int c;
@@ -110,6 +174,7 @@ int main(int argc, char **argv)
         case 'd': data_dir = optarg; break;
         case 'h': daemon_usage(stdout); return 0;
         case 'V': printf("cqrsd %s\n", CQRS_VERSION); return 0;
+        case 'v': verify = 1; break;
         default: daemon_usage(stderr); return 64;
         }
     }
@@ -126,6 +191,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "cqrsd: %s\n", err);
         return 78;
     }
+    if (verify)
+        return daemon_verify(&cfg, data_dir);
     log_init("cqrsd", getenv("CQRS_DEBUG") ? LOG_LVL_DEBUG : LOG_LVL_INFO);
     signal(SIGPIPE, SIG_IGN);
 
