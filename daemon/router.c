@@ -214,7 +214,9 @@ static void router_route(struct router *r, struct conn *c, const Cqrs__Request *
         router_error(c, req_id, CQRS__STATUS__INVALID, "unknown aggregate type \"%.64s\"", type);
         return;
     }
-    if (agg_id_valid(id, strlen(id)) < 0) {
+    int whole_type = req->body_case == CQRS__REQUEST__BODY_QUERY &&
+                     req->query->kind == CQRS__QUERY__KIND__VERIFY && !id[0];
+    if (!whole_type && agg_id_valid(id, strlen(id)) < 0) {
         router_error(c, req_id, CQRS__STATUS__INVALID,
                      "aggregate id must be 1 to 128 of A-Z a-z 0-9 . _ - and not . or ..");
         return;

@@ -334,7 +334,8 @@ static int verify_all(const struct aggregate_type *t, const char *root,
         errno = err = e ? e : EIO;
         verify_io(sink, root, "cannot read it");
     }
-    qsort(w.v, w.n, sizeof *w.v, verify_entry_cmp);
+    if (w.n)
+        qsort(w.v, w.n, sizeof *w.v, verify_entry_cmp);
     for (size_t i = 0; i < w.n; i++) {
         const struct verify_entry *en = &w.v[i];
         switch (en->kind) {

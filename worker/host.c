@@ -19,6 +19,7 @@
 #include "layout.h"
 #include "store.h"
 #include "stream.h"
+#include "verify.h"
 
 #define HOST_EVENTS_REPLY_MAX (900u << 10)   /* bytes of events in one reply */
 
@@ -398,6 +399,51 @@ static void host_query(struct host *h, uint64_t tag, uint64_t id, const Cqrs__Qu
     }
 }
 
+struct host_problems {
+    char **lines;
+    size_t n, cap;
+};
+
+static void host_on_problem(void *arg, const char *path, const char *problem)
+{
+    struct host_problems *p = arg;
+    if (p->n == p->cap) {
+        size_t ncap = p->cap ? p->cap * 2 : 16;
+        char **n = realloc(p->lines, ncap * sizeof *n);
+        if (!n)
+            return;
+        p->lines = n;
+        p->cap = ncap;
+    }
+    if (asprintf(&p->lines[p->n], "%s: %s", path, problem) >= 0)
+        p->n++;
+}
+
+/* VERIFY: checks one stream's log, or (empty id) every log of the type,
+ * read-only, between batches: every record it reads is whole. */
+static void host_verify(struct host *h, uint64_t tag, uint64_t id, const char *stream_id)
+{
+    if (stream_id[0] && agg_id_valid(stream_id, strlen(stream_id)) < 0) {
+        host_fail(h, tag, id, CQRS__STATUS__INVALID,
+                  "aggregate id must be 1 to 128 of A-Z a-z 0-9 . _ - and not . or ..");
+        return;
+    }
+    struct host_problems p = { 0 };
+    int rc = verify_type(h->type, h->dir, stream_id[0] ? stream_id : NULL, host_on_problem, &p);
+    Cqrs__Reply r = CQRS__REPLY__INIT;
+    r.status = CQRS__STATUS__OK;
+    r.n_problems = p.n;
+    r.problems = p.lines;
+    if (rc < 0) {
+        r.status = CQRS__STATUS__INTERNAL;
+        r.error = "could not read every log (see problems)";
+    }
+    host_queue(h, tag, id, NULL, &r);
+    for (size_t i = 0; i < p.n; i++)
+        free(p.lines[i]);
+    free(p.lines);
+}
+
 void host_request(struct host *h, uint64_t tag, const uint8_t *body, size_t len)
 {
     Cqrs__Request *req = cqrs__request__unpack(NULL, len, body);
@@ -420,6 +466,9 @@ void host_request(struct host *h, uint64_t tag, const uint8_t *body, size_t len)
     } else if (strcmp(type, h->type->name) != 0) {
         host_fail(h, tag, req->id, CQRS__STATUS__INVALID, "this worker serves %s, not %s",
                   h->type->name, type);
+    } else if (req->body_case == CQRS__REQUEST__BODY_QUERY &&
+               req->query->kind == CQRS__QUERY__KIND__VERIFY) {
+        host_verify(h, tag, req->id, id);
     } else if (agg_id_valid(id, strlen(id)) < 0) {
         host_fail(h, tag, req->id, CQRS__STATUS__INVALID,
                   "aggregate id must be 1 to 128 of A-Z a-z 0-9 . _ - and not . or ..");

@@ -182,6 +182,45 @@ Test(verify_offline, clean_then_one_flipped_bit)
     free(before);
 }
 
+/* The same check through the running daemon: `cqrsctl verify`. */
+Test(verify_offline, live_through_cqrsctl)
+{
+    make_data();
+    char type_dir[PATH_MAX], path[PATH_MAX];
+    snprintf(type_dir, sizeof type_dir, "%s/wallet", d.data);
+    layout_stream_file(path, sizeof path, type_dir, "w1", ".log");
+    daemon_restart(&d);
+
+    char *out, *err;
+    int code = run_cqrsctl(&d, &out, &err, "verify", NULL);
+    cr_assert_eq(code, 0, "clean: exit %d\n%s%s", code, out, err);
+    cr_assert_str_empty(out, "clean: %s", out);
+    free(out);
+    free(err);
+
+    /* a flipped bit in the middle of w1's log, behind the daemon's back */
+    size_t len;
+    char *bytes = slurp(path, &len);
+    int fd = open(path, O_RDWR);
+    cr_assert_geq(fd, 0);
+    uint8_t b = (uint8_t)bytes[len / 2] ^ 0x10;
+    cr_assert_eq(pwrite(fd, &b, 1, (off_t)(len / 2)), 1);
+    close(fd);
+    free(bytes);
+
+    code = run_cqrsctl(&d, &out, &err, "verify", "wallet", NULL);
+    cr_assert_eq(code, 1, "flipped bit: exit %d\n%s%s", code, out, err);
+    cr_assert(strncmp(out, path, strlen(path)) == 0, "the problem line does not name %s:\n%s",
+              path, out);
+    free(out);
+    free(err);
+    code = run_cqrsctl(&d, &out, &err, "--json", "verify", "wallet", "w2", NULL);
+    cr_assert_eq(code, 0, "w2 is clean: exit %d\n%s%s", code, out, err);
+    cr_assert(strstr(out, "\"clean\":true"), "%s", out);
+    free(out);
+    free(err);
+}
+
 Test(verify_offline, unreadable_data_dir)
 {
     char work[] = "/tmp/test_verify_offline.XXXXXX";
