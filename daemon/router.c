@@ -379,15 +379,21 @@ static void router_on_reply(void *arg, struct child *ch, uint64_t tag, const uin
     }
 }
 
+static void router_add_held(void *arg, uint64_t tag)
+{
+    keyset_add(arg, tag);
+}
+
 /* `ch` died: every request it had is answered UNAVAILABLE, and remembered
- * for poison detection. */
+ * for poison detection; those held for its successor wait on. */
 static void router_fail_child(void *arg, struct child *ch, const char *reason)
 {
     struct router *r = arg;
-    struct keyset *crash = NULL;
+    struct keyset *crash = NULL, *held = NULL;
+    sup_held_tags(ch, router_add_held, &held);
     struct pending *q, *qtmp;
     HASH_ITER(hh, r->pending, q, qtmp) {
-        if (q->child == ch)
+        if (q->child == ch && !keyset_has(held, q->tag))
             keyset_add(&crash, q->key);
     }
     router_note_crash(r, ch, crash);
@@ -396,9 +402,10 @@ static void router_fail_child(void *arg, struct child *ch, const char *reason)
              "with the same command_id", reason);
     struct pending *p, *tmp;
     HASH_ITER(hh, r->pending, p, tmp) {
-        if (p->child == ch)
+        if (p->child == ch && !keyset_has(held, p->tag))
             router_answer(r, p, CQRS__STATUS__UNAVAILABLE, why);
     }
+    keyset_clear(&held);
 }
 
 static void router_on_expire(void *arg, struct child *ch, const char *reason)

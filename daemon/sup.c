@@ -68,6 +68,22 @@ static int sup_queued_to_start(const struct sup *s, const struct child *c)
     return 0;
 }
 
+void sup_held_tags(struct child *c, void (*fn)(void *arg, uint64_t tag), void *arg)
+{
+    struct evbuffer_ptr pos;
+    evbuffer_ptr_set(c->waiting, &pos, 0, EVBUFFER_PTR_SET);
+    size_t len = evbuffer_get_length(c->waiting);
+    while ((size_t)pos.pos + FRAME_HEADER_LEN + FRAME_TAG_LEN <= len) {
+        uint8_t hdr[FRAME_HEADER_LEN + FRAME_TAG_LEN];
+        if (evbuffer_copyout_from(c->waiting, &pos, hdr, sizeof hdr) != (ev_ssize_t)sizeof hdr)
+            break;
+        fn(arg, frame_get64(hdr + FRAME_HEADER_LEN));
+        if (evbuffer_ptr_set(c->waiting, &pos, FRAME_HEADER_LEN + frame_get32(hdr),
+                             EVBUFFER_PTR_ADD) < 0)
+            break;
+    }
+}
+
 const char *sup_state_name(const struct child *c)
 {
     switch (c->state) {
@@ -102,7 +118,10 @@ static void sup_give_up(struct sup *s)
     sup_stop(s);
 }
 
-/* SIGTERM (or SIGKILL for brutal_kill), then SIGKILL after its shutdown time. */
+/* A running worker gets "Q" in its socket, after every request already sent
+ * to it (OTP's shutdown exit signal is a message too), so it answers all of
+ * them before it exits; a starting one gets SIGTERM. Either way, SIGKILL
+ * after its shutdown time; brutal_kill is SIGKILL at once. */
 static void sup_terminate(struct child *c)
 {
     c->terminating = 1;
@@ -110,11 +129,17 @@ static void sup_terminate(struct child *c)
     if (c->cfg.shutdown_ms == CONFIG_BRUTAL_KILL) {
         log_info("stopping child %s (pid %d): brutal_kill", c->name, (int)c->pid);
         kill(c->pid, SIGKILL);
-    } else {
-        log_info("stopping child %s (pid %d)", c->name, (int)c->pid);
-        kill(c->pid, SIGTERM);
-        sup_arm(c->timer, (unsigned)c->cfg.shutdown_ms);
+        return;
     }
+    uint64_t zero = 0;
+    if (c->state == CHILD_RUNNING && c->bev &&
+        frame_put_bytes(bufferevent_get_output(c->bev), &zero, "Q", 1) == 0) {
+        log_info("stopping child %s (pid %d)", c->name, (int)c->pid);
+    } else {
+        log_info("stopping child %s (pid %d) with SIGTERM", c->name, (int)c->pid);
+        kill(c->pid, SIGTERM);
+    }
+    sup_arm(c->timer, (unsigned)c->cfg.shutdown_ms);
 }
 
 static void sup_on_read(struct bufferevent *bev, void *arg);
@@ -124,7 +149,7 @@ static void sup_on_bev_event(struct bufferevent *bev, short what, void *arg);
  * for `name` with its end of a socketpair as fd 3; *fd is the daemon's end.
  * The worker sets PR_SET_PDEATHSIG itself and checks that its parent is
  * still the pid it was given. */
-static pid_t sup_launch(struct sup *s, const char *name, int *fd)
+static pid_t sup_launch(struct sup *s, const char *name, int standby, int *fd)
 {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
@@ -133,10 +158,12 @@ static pid_t sup_launch(struct sup *s, const char *name, int *fd)
     }
     char ppid[16], buf[256];
     snprintf(ppid, sizeof ppid, "%d", (int)getpid());
-    char *argv[10 + CONFIG_WORKER_ARGS] = { "cqrs-worker", "--type", (char *)name, "--data-dir",
+    char *argv[11 + CONFIG_WORKER_ARGS] = { "cqrs-worker", "--type", (char *)name, "--data-dir",
                                             (char *)s->opt.data_dir, "--fd", "3",
                                             "--supervisor-pid", ppid };
-    config_worker_args(&s->cfg.storage, argv + 9, buf, sizeof buf);
+    size_t n = 9 + config_worker_args(&s->cfg.storage, argv + 9, buf, sizeof buf);
+    if (standby)
+        argv[n] = "--standby";
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t at;
     sigset_t none, defaults;
@@ -170,7 +197,8 @@ static void sup_standby_on_read(struct bufferevent *bev, void *arg)
     struct evbuffer *in = bufferevent_get_input(bev);
     struct frame f;
     enum frame_status st = frame_next(in, SUP_MAX_FRAME, &f);
-    if (st == FRAME_OK && frame_untag(&f) == 0 && f.tag == 0 && !sb->ready) {
+    if (st == FRAME_OK && frame_untag(&f) == 0 && f.tag == 0 && f.len == 1 && f.body[0] == 'S' &&
+        !sb->ready) {
         sb->ready = 1;
         frame_consume(in, &f);
         return;
@@ -191,7 +219,7 @@ static void sup_standby_start(struct child *c)
     int fd;
     if (!s->cfg.standby || s->stopping || sb->pid > 0)
         return;
-    pid_t pid = sup_launch(s, c->name, &fd);
+    pid_t pid = sup_launch(s, c->name, 1, &fd);
     if (pid < 0)
         return;   /* restarts will spawn, as without standby */
     sb->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
@@ -214,14 +242,12 @@ static void sup_standby_stop(struct standby *sb)
         kill(sb->pid, SIGKILL);   /* it holds nothing: no need to be gentle */
 }
 
-static void sup_on_ready(struct child *c);
-
 /* Starts `c`: adopts its standby worker if it has one, else spawns. */
 static int sup_spawn(struct child *c)
 {
     struct sup *s = c->sup;
     struct standby *sb = &c->standby;
-    int adopted = sb->pid > 0, ready = adopted && sb->ready;
+    int adopted = sb->pid > 0;
     pid_t pid;
     if (adopted) {
         pid = sb->pid;
@@ -229,7 +255,7 @@ static int sup_spawn(struct child *c)
         *sb = (struct standby){ 0 };
     } else {
         int fd;
-        if ((pid = sup_launch(s, c->name, &fd)) < 0)
+        if ((pid = sup_launch(s, c->name, 0, &fd)) < 0)
             return -1;
         c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
         if (!c->bev) {
@@ -252,10 +278,11 @@ static int sup_spawn(struct child *c)
     c->started_at_us = sup_now_us();
     log_info("child %s starting (pid %d%s)", c->name, (int)pid,
              adopted ? ", standby worker adopted" : "");
-    if (ready)
-        sup_on_ready(c);
-    else
-        sup_arm(c->timer, s->cfg.start_timeout_ms);
+    if (adopted) {   /* it opens its storage now, then says ready */
+        uint64_t zero = 0;
+        frame_put_bytes(bufferevent_get_output(c->bev), &zero, "A", 1);
+    }
+    sup_arm(c->timer, s->cfg.start_timeout_ms);
     return 0;
 }
 
@@ -325,10 +352,10 @@ static void sup_on_ready(struct child *c)
     sup_step(c->sup);
 }
 
-static void sup_on_read(struct bufferevent *bev, void *arg)
+/* Handles the whole frames in `in` (from `c`'s socket). */
+static void sup_dispatch(struct child *c, struct evbuffer *in)
 {
-    struct child *c = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
+    struct bufferevent *bev = c->bev;
     struct frame f;
     enum frame_status st;
     while ((st = frame_next(in, SUP_MAX_FRAME, &f)) == FRAME_OK) {
@@ -337,7 +364,9 @@ static void sup_on_read(struct bufferevent *bev, void *arg)
             break;
         }
         if (f.tag == 0) {
-            if (c->state == CHILD_STARTING)
+            if (f.len == 1 && f.body[0] == 'S')
+                ;   /* an adopted standby's own hello, arriving late */
+            else if (c->state == CHILD_STARTING)
                 sup_on_ready(c);
             else
                 c->ping_out = 0;   /* pong */
@@ -357,6 +386,28 @@ static void sup_on_read(struct bufferevent *bev, void *arg)
     }
 }
 
+static void sup_on_read(struct bufferevent *bev, void *arg)
+{
+    sup_dispatch(arg, bufferevent_get_input(bev));
+}
+
+/* A worker that has exited may have written replies the loop has not read
+ * yet (SIGCHLD can come first): they are read and delivered before the
+ * requests still pending are failed. */
+static void sup_drain(struct child *c)
+{
+    struct evbuffer *in = evbuffer_new();
+    if (!in)
+        return;
+    evbuffer_add_buffer(in, bufferevent_get_input(c->bev));   /* its end stays frozen */
+    int fd = bufferevent_getfd(c->bev);
+    while (evbuffer_read(in, fd, 1 << 20) > 0)
+        ;
+    if (c->state == CHILD_RUNNING)
+        sup_dispatch(c, in);
+    evbuffer_free(in);
+}
+
 static void sup_on_bev_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)arg;
@@ -372,8 +423,8 @@ static void sup_on_timer(evutil_socket_t fd, short what, void *arg)
     if (c->pid <= 0)
         return;
     if (c->terminating) {
-        log_warn("child %s (pid %d) still running %d ms after SIGTERM; sending SIGKILL", c->name,
-                 (int)c->pid, c->cfg.shutdown_ms);
+        log_warn("child %s (pid %d) still running %d ms after it was asked to stop; sending "
+                 "SIGKILL", c->name, (int)c->pid, c->cfg.shutdown_ms);
     } else if (c->state == CHILD_STARTING) {
         log_error("child %s (pid %d) did not report ready within %u ms; killing it", c->name,
                   (int)c->pid, c->sup->cfg.start_timeout_ms);
@@ -469,6 +520,8 @@ static void sup_on_exit(struct child *c, int status)
     }
     c->exit_noted = 0;
     log_info("child %s (pid %d) %s", c->name, (int)c->pid, c->last_exit);
+    if (c->bev && was == CHILD_RUNNING)
+        sup_drain(c);
     c->pid = 0;
     c->state = CHILD_STOPPED;
     c->ping_out = 0;

@@ -123,6 +123,10 @@ struct child *sup_find(struct sup *s, const char *name);
  * ESRCH when the child is stopped for good (temporary, or shutting down). */
 int sup_send(struct child *c, uint64_t tag, const uint8_t *body, size_t len);
 
+/* Calls `fn` with the tag of every request held for `c` (not yet sent to
+ * any worker: it survives the death of the current one). */
+void sup_held_tags(struct child *c, void (*fn)(void *arg, uint64_t tag), void *arg);
+
 /* The state as shown by STATUS: "starting", "running", "restarting", "stopped". */
 const char *sup_state_name(const struct child *c);
 

@@ -118,7 +118,10 @@ int frame_flush(struct evbuffer *out, int fd)
                 continue;
             return -1;
         }
-        evbuffer_drain(out, (size_t)w);
+        if (evbuffer_drain(out, (size_t)w) < 0) {
+            errno = EINVAL;   /* a frozen buffer: sending it again would loop */
+            return -1;
+        }
     }
     return 0;
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,6 +24,7 @@ struct segment {
 
 struct journal {
     char *dir;
+    int lock_fd;           /* flock'ed: one process per journal */
     off_t segment_bytes;
     struct segment *segs;
     size_t n, cap;
@@ -131,6 +133,7 @@ int journal_open(const char *dir, off_t segment_bytes, struct journal **out,
         return -1;
     }
     j->segment_bytes = segment_bytes;
+    j->lock_fd = -1;
     if (mkdir(dir, 0700) == 0) {
         char parent[PATH_MAX];
         snprintf(parent, sizeof parent, "%s/..", dir);
@@ -138,6 +141,15 @@ int journal_open(const char *dir, off_t segment_bytes, struct journal **out,
             goto fail;
     } else if (errno != EEXIST) {
         goto fail;
+    }
+    j->lock_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (j->lock_fd < 0)
+        goto fail;
+    if (flock(j->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        snprintf(err, errlen, "%s is in use by another process (two workers, or two cqrsd, on "
+                 "one data directory?)", dir);
+        journal_free(j);
+        return EVLOG_CORRUPT;
     }
     DIR *d = opendir(dir);
     if (!d)
@@ -222,6 +234,8 @@ void journal_free(struct journal *j)
     if (!j)
         return;
     evlog_free(j->cur);
+    if (j->lock_fd >= 0)
+        close(j->lock_fd);
     for (size_t i = 0; i < j->n; i++)
         free(j->segs[i].path);
     free(j->segs);

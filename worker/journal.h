@@ -16,6 +16,10 @@
  * a checkpoint later syncs them. After a crash, the events after the last
  * checkpoint are written again into their stream files (see host.c).
  *
+ * The journal folder is flock'ed while open: a second process (a second
+ * worker of the type, or a second cqrsd on the same data directory) is
+ * refused instead of interleaving writes.
+ *
  * Opening checks every segment: a torn tail is allowed in the last one only
  * (cut away, as evlog does); positions must follow each other; anything
  * else is corruption and the worker refuses to start. A failed sync never
@@ -44,7 +48,7 @@ struct journal_info {
 };
 
 /* Opens (creating) the journal in `dir`. 0, -1 with errno, or EVLOG_CORRUPT
- * with one sentence in `err`. */
+ * with one sentence in `err` (also when another process holds it). */
 int journal_open(const char *dir, off_t segment_bytes, struct journal **out,
                  struct journal_info *info, char *err, size_t errlen);
 void journal_free(struct journal *j);

@@ -4,17 +4,21 @@
  *   cqrs-worker --type TYPE --data-dir DIR [--fd N] [--supervisor-pid PID]
  *               [--fsync always|batch|never] [--batch-interval-ms N]
  *               [--checkpoint-ms N] [--segment-mb N] [--retention-mb N]
- *               [--retention-s N] [--snapshot-every N]
+ *               [--retention-s N] [--snapshot-every N] [--standby]
  *
  * cqrsd starts it with one end of a socketpair as fd N (default 3). Frames
  * on it are tagged (see lib/frame.h): tag 0 is the supervisor channel, any
  * other tag a client request whose reply carries the same tag. Once set up,
- * the worker sends one tag-0 frame: "ready"; after that every tag-0 frame
- * from cqrsd is a heartbeat, answered with an empty tag-0 frame. With
+ * the worker sends one empty tag-0 frame: "ready"; after that every tag-0
+ * frame from cqrsd is a heartbeat, answered with an empty tag-0 frame, but
+ * "Q", which stops the worker once everything sent before it is answered
+ * (cqrsd's graceful stop, in order with the requests). With
+ * --standby it opens no storage and sends "S" instead, and becomes a worker
+ * (opens its storage, then says ready) when cqrsd sends "A". With
  * --supervisor-pid the worker dies with that process. Each time the
  * socket has data, every whole request in the buffer forms one batch (see
- * host.h). It exits 0 on SIGTERM after the batch in hand, and when cqrsd
- * closes the socket.
+ * host.h). It exits 0 after "Q", on SIGTERM after handling what is in its
+ * socket, and when cqrsd closes the socket.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -42,13 +46,29 @@
 struct worker {
     struct event_base *base;
     struct bufferevent *bev;
-    struct host *host;
+    struct host *host;            /* NULL while a standby */
+    const struct aggregate_type *type;
+    const char *data_dir;
+    struct store_options sopt;
+    int failed;
+    int quit;
 };
 
-static void worker_on_read(struct bufferevent *bev, void *arg)
+/* Opens the type's storage (recovering it from the journal) and says
+ * "ready" (an empty tag-0 frame). 0, or -1 when the storage is unusable. */
+static int worker_activate(struct worker *w)
 {
-    struct worker *w = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
+    w->host = host_new(w->base, w->type, w->data_dir, &w->sopt);
+    if (!w->host)
+        return -1;
+    uint64_t zero = 0;
+    return frame_put_bytes(bufferevent_get_output(w->bev), &zero, NULL, 0);
+}
+
+/* Handles every whole frame in `in` as one batch. */
+static void worker_process(struct worker *w, struct evbuffer *in)
+{
+    struct bufferevent *bev = w->bev;
     struct frame f;
     enum frame_status st;
     while ((st = frame_next(in, WORKER_MAX_FRAME, &f)) == FRAME_OK) {
@@ -57,8 +77,28 @@ static void worker_on_read(struct bufferevent *bev, void *arg)
             event_base_loopbreak(w->base);
             return;
         }
+        if (!w->host) {
+            /* a standby: nothing but "activate" (tag 0, body "A") */
+            if (f.tag != 0 || f.len != 1 || f.body[0] != 'A') {
+                log_error("a standby worker got something other than activate; exiting");
+                event_base_loopbreak(w->base);
+                return;
+            }
+            frame_consume(in, &f);
+            if (worker_activate(w) < 0) {
+                event_base_loopbreak(w->base);
+                w->failed = 1;
+                return;
+            }
+            continue;
+        }
         if (f.tag != 0) {
             host_request(w->host, f.tag, f.body, f.len);
+        } else if (f.len == 1 && f.body[0] == 'Q') {
+            /* stop: everything sent before it is in this batch */
+            frame_consume(in, &f);
+            w->quit = 1;
+            break;
         } else {
             uint64_t zero = 0;   /* heartbeat: answered after what came before it */
             frame_put_bytes(bufferevent_get_output(bev), &zero, NULL, 0);
@@ -70,7 +110,15 @@ static void worker_on_read(struct bufferevent *bev, void *arg)
         event_base_loopbreak(w->base);
         return;
     }
-    host_commit(w->host, bufferevent_get_output(bev));
+    if (w->host)
+        host_commit(w->host, bufferevent_get_output(bev));
+    if (w->quit)
+        event_base_loopexit(w->base, NULL);
+}
+
+static void worker_on_read(struct bufferevent *bev, void *arg)
+{
+    worker_process(arg, bufferevent_get_input(bev));
 }
 
 static void worker_on_event(struct bufferevent *bev, short what, void *arg)
@@ -88,11 +136,18 @@ static void worker_on_signal(evutil_socket_t sig, short what, void *arg)
     struct worker *w = arg;
     (void)what;
     log_debug("signal %d: stopping", (int)sig);
-    struct evbuffer *in = bufferevent_get_input(w->bev);
-    int fd = bufferevent_getfd(w->bev);
-    while (evbuffer_read(in, fd, 1 << 20) > 0)
-        ;
-    worker_on_read(w->bev, w);
+    /* libevent keeps the end of a bufferevent's input frozen: what the
+     * socket still holds is read into a buffer of our own */
+    struct evbuffer *in = evbuffer_new();
+    if (in) {
+        int fd = bufferevent_getfd(w->bev);
+        bufferevent_disable(w->bev, EV_READ);
+        evbuffer_add_buffer(in, bufferevent_get_input(w->bev));
+        while (evbuffer_read(in, fd, 1 << 20) > 0)
+            ;
+        worker_process(w, in);
+        evbuffer_free(in);
+    }
     event_base_loopexit(w->base, NULL);
 }
 
@@ -101,7 +156,7 @@ static void worker_usage(FILE *f)
     fprintf(f, "usage: cqrs-worker --type TYPE --data-dir DIR [--fd N] [--supervisor-pid PID]\n"
                "                   [--fsync always|batch|never] [--batch-interval-ms N]\n"
                "                   [--checkpoint-ms N] [--segment-mb N] [--retention-mb N]\n"
-               "                   [--retention-s N] [--snapshot-every N]\n"
+               "                   [--retention-s N] [--snapshot-every N] [--standby]\n"
                "Started by cqrsd; not meant to be run by hand.\n");
 }
 
@@ -125,6 +180,7 @@ int main(int argc, char **argv)
         .snapshot_every = 1000,
     };
     long supervisor = 0;
+    int standby = 0;
     static const struct option opts[] = {
         { "type", required_argument, NULL, 't' },
         { "data-dir", required_argument, NULL, 'd' },
@@ -136,6 +192,7 @@ int main(int argc, char **argv)
         { "retention-mb", required_argument, NULL, 'r' },
         { "retention-s", required_argument, NULL, 'a' },
         { "snapshot-every", required_argument, NULL, 'n' },
+        { "standby", no_argument, NULL, 'S' },
         { "supervisor-pid", required_argument, NULL, 'p' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -164,6 +221,7 @@ int main(int argc, char **argv)
         case 'r': sopt.retention_bytes = (uint64_t)atoll(optarg) << 20; break;
         case 'a': sopt.retention_s = (unsigned)atoi(optarg); break;
         case 'n': sopt.snapshot_every = (unsigned)atoi(optarg); break;
+        case 'S': standby = 1; break;
         case 'p': supervisor = atol(optarg); break;
         case 'h': worker_usage(stdout); return 0;
         default: worker_usage(stderr); return 64;
@@ -207,9 +265,9 @@ int main(int argc, char **argv)
         log_error("cannot create the event loop");
         return 1;
     }
-    w.host = host_new(w.base, type, data_dir, &sopt);
-    if (!w.host)
-        return 1;
+    w.type = type;
+    w.data_dir = data_dir;
+    w.sopt = sopt;
     evutil_make_socket_nonblocking(fd);
     evutil_make_socket_closeonexec(fd);
     w.bev = bufferevent_socket_new(w.base, fd, BEV_OPT_CLOSE_ON_FREE);
@@ -225,10 +283,13 @@ int main(int argc, char **argv)
     bufferevent_setcb(w.bev, worker_on_read, NULL, worker_on_event, &w);
     bufferevent_enable(w.bev, EV_READ);
 
-    /* ready */
-    Cqrs__Reply ready = CQRS__REPLY__INIT;
+    /* A standby says so ("S") and opens nothing until activated: only one
+     * process may ever hold a type's journal. */
     uint64_t zero = 0;
-    frame_put(bufferevent_get_output(w.bev), &zero, &ready.base);
+    if (standby)
+        frame_put_bytes(bufferevent_get_output(w.bev), &zero, "S", 1);
+    else if (worker_activate(&w) < 0)
+        return 1;
 
     event_base_dispatch(w.base);
 
@@ -237,12 +298,16 @@ int main(int argc, char **argv)
     if (evbuffer_get_length(out) > 0) {
         int flags = fcntl(fd, F_GETFL);
         fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-        frame_flush(out, fd);
+        evbuffer_unfreeze(out, 1);   /* libevent freezes its start between callbacks */
+        if (frame_flush(out, fd) < 0)
+            log_error("cannot send the last replies: %s", strerror(errno));
+        else
+            log_debug("last replies sent");
     }
     event_free(sigterm);
     event_free(sigint);
     bufferevent_free(w.bev);
     host_free(w.host);
     event_base_free(w.base);
-    return 0;
+    return w.failed ? 1 : 0;
 }
