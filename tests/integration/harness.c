@@ -17,6 +17,7 @@
 #include "harness.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -107,16 +108,30 @@ static void harness_dump_log(const struct daemon *d, const char *why)
     char *log = harness_slurp(path);
     fprintf(stderr, "---- %s; cqrsd log (%s) ----\n%s---- end of cqrsd log ----\n", why, path, log);
     free(log);
+    /* stderr kept apart by daemon_run_until_exit */
+    snprintf(path, sizeof path, "%s/cqrsd.err", d->dir);
+    if (access(path, F_OK) == 0) {
+        log = harness_slurp(path);
+        fprintf(stderr, "---- cqrsd stderr (%s) ----\n%s---- end of cqrsd stderr ----\n", path, log);
+        free(log);
+    }
 }
 
-/* 1 if the daemon's log holds a sanitizer report (its or a worker's). */
+/* 1 if the daemon's log holds a sanitizer report (its or a worker's); also
+ * looks in cqrsd.err, where daemon_run_until_exit sends stderr. */
 static int harness_log_has_sanitizer_report(const struct daemon *d)
 {
     char path[320];
-    harness_log_path(d, path, sizeof path);
-    char *log = harness_slurp(path);
-    int found = strstr(log, "Sanitizer") != NULL || strstr(log, "runtime error:") != NULL;
-    free(log);
+    int found = 0;
+    for (int i = 0; i < 2 && !found; i++) {
+        if (i == 0)
+            harness_log_path(d, path, sizeof path);
+        else
+            snprintf(path, sizeof path, "%s/cqrsd.err", d->dir);
+        char *log = harness_slurp(path);
+        found = strstr(log, "Sanitizer") != NULL || strstr(log, "runtime error:") != NULL;
+        free(log);
+    }
     return found;
 }
 
@@ -141,12 +156,19 @@ static void harness_child_signals(void)
     signal(SIGPIPE, SIG_DFL);
 }
 
-static void harness_spawn(struct daemon *d)
+/* Starts cqrsd; its stdout and stderr go to cqrsd.log, or its stderr to
+ * `errpath` when that is not NULL. */
+static void harness_spawn_to(struct daemon *d, const char *errpath)
 {
     char log[320];
     harness_log_path(d, log, sizeof log);
     int logfd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     cr_assert(logfd >= 0, "cannot open %s: %s", log, strerror(errno));
+    int errfd = logfd;
+    if (errpath) {
+        errfd = open(errpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        cr_assert(errfd >= 0, "cannot open %s: %s", errpath, strerror(errno));
+    }
 
     const char *argv[6 + HARNESS_MAX_EXTRA + 1];
     int n = 0;
@@ -165,7 +187,7 @@ static void harness_spawn(struct daemon *d)
     if (pid == 0) {
         setpgid(0, 0);
         int null = open("/dev/null", O_RDONLY);
-        if (null < 0 || dup2(null, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
+        if (null < 0 || dup2(null, 0) < 0 || dup2(logfd, 1) < 0 || dup2(errfd, 2) < 0)
             _exit(126);
         harness_close_from_3();
         harness_child_signals();
@@ -175,7 +197,14 @@ static void harness_spawn(struct daemon *d)
     }
     setpgid(pid, pid);   /* also here: no race with the child's own call */
     close(logfd);
+    if (errfd != logfd)
+        close(errfd);
     d->pid = pid;
+}
+
+static void harness_spawn(struct daemon *d)
+{
+    harness_spawn_to(d, NULL);
 }
 
 /* 1 when `c` answers STATUS with at least one child, every one "running". */
@@ -330,11 +359,19 @@ static int harness_rm(const char *path, const struct stat *sb, int flag, struct 
     return 0;
 }
 
+/* The process group of a daemon reaped by daemon_wait_exit, which leaves
+ * its workers for the test to look at; daemon_cleanup kills what is left. */
+static pid_t harness_left_pgid;
+
 void daemon_cleanup(struct daemon *d)
 {
     int bad = 0;
     if (d->pid > 0)
         harness_terminate(d, 5000);
+    if (harness_left_pgid > 0) {
+        kill(-harness_left_pgid, SIGKILL);
+        harness_left_pgid = 0;
+    }
     if (d->dir[0]) {
         if (harness_log_has_sanitizer_report(d)) {
             harness_dump_log(d, "sanitizer report");
@@ -474,4 +511,382 @@ Cqrs__Reply *send_cmd(struct cqrs_client *c, const char *type, const char *id,
     cr_assert(rc == 0, "%s %s %s: no reply: %s", msg->descriptor->short_name, type, id,
               strerror(e));
     return r;
+}
+
+/* --- supervision and crash tests ------------------------------------------- */
+
+/* The config file given by daemon_prepare ("" when none); daemon_launch and
+ * daemon_run_until_exit pass it first as --config PATH. */
+static char harness_conf[320];
+
+int64_t harness_ms(void)
+{
+    return harness_now_ms();
+}
+
+void harness_sleep_ms(long ms)
+{
+    harness_nap_ms(ms);
+}
+
+void daemon_prepare(struct daemon *d, const char *ini)
+{
+    memset(d, 0, sizeof *d);
+    signal(SIGPIPE, SIG_IGN);
+    harness_free_extra();
+    harness_conf[0] = '\0';
+    strcpy(d->dir, "/tmp/cqrsd-it.XXXXXX");
+    cr_assert(mkdtemp(d->dir), "mkdtemp: %s", strerror(errno));
+    snprintf(d->sock, sizeof d->sock, "%s/cqrsd.sock", d->dir);
+    snprintf(d->data, sizeof d->data, "%s/data", d->dir);
+    if (!ini)
+        return;
+    snprintf(harness_conf, sizeof harness_conf, "%s/cqrsd.conf", d->dir);
+    FILE *f = fopen(harness_conf, "w");
+    cr_assert(f, "cannot create %s: %s", harness_conf, strerror(errno));
+    int ok = fputs(ini, f) >= 0;
+    ok = (fclose(f) == 0) && ok;
+    cr_assert(ok, "cannot write %s", harness_conf);
+}
+
+const char *daemon_conf_path(const struct daemon *d)
+{
+    (void)d;
+    return harness_conf;
+}
+
+/* Sets the extra arguments: --config first (when prepared), then `ap`. */
+static void harness_set_extra(va_list ap)
+{
+    harness_free_extra();
+    int n = 0;
+    if (harness_conf[0]) {
+        harness_extra[n++] = strdup("--config");
+        harness_extra[n++] = strdup(harness_conf);
+        cr_assert(harness_extra[0] && harness_extra[1], "out of memory");
+    }
+    for (const char *a; (a = va_arg(ap, const char *)) != NULL;) {
+        cr_assert(n < HARNESS_MAX_EXTRA, "too many extra daemon arguments");
+        harness_extra[n] = strdup(a);
+        cr_assert(harness_extra[n], "out of memory");
+        n++;
+    }
+}
+
+void daemon_launch(struct daemon *d, ...)
+{
+    cr_assert(d->dir[0] && d->pid == 0, "daemon_launch: call daemon_prepare first");
+    va_list ap;
+    va_start(ap, d);
+    harness_set_extra(ap);
+    va_end(ap);
+    harness_spawn(d);
+    harness_wait_ready(d);
+}
+
+void daemon_start_conf(struct daemon *d, const char *ini, ...)
+{
+    daemon_prepare(d, ini);
+    va_list ap;
+    va_start(ap, ini);
+    harness_set_extra(ap);
+    va_end(ap);
+    harness_spawn(d);
+    harness_wait_ready(d);
+}
+
+int daemon_wait_exit(struct daemon *d, int ms, int *status)
+{
+    cr_assert(d->pid > 0, "daemon_wait_exit: cqrsd is not running");
+    int64_t deadline = harness_now_ms() + ms;
+    for (;;) {
+        pid_t w = waitpid(d->pid, status, WNOHANG);
+        if (w == d->pid) {
+            harness_left_pgid = d->pid;
+            d->pid = 0;
+            return 1;
+        }
+        cr_assert(w == 0, "waitpid %d: %s", (int)d->pid, strerror(errno));
+        if (harness_now_ms() >= deadline)
+            return 0;
+        harness_nap_ms(5);
+    }
+}
+
+int daemon_run_until_exit(struct daemon *d, int ms, ...)
+{
+    cr_assert(d->dir[0] && d->pid == 0, "daemon_run_until_exit: call daemon_prepare first");
+    va_list ap;
+    va_start(ap, ms);
+    harness_set_extra(ap);
+    va_end(ap);
+    char errpath[320];
+    snprintf(errpath, sizeof errpath, "%s/cqrsd.err", d->dir);
+    harness_spawn_to(d, errpath);
+    int status = -1;
+    if (!daemon_wait_exit(d, ms, &status)) {
+        char *err = daemon_stderr(d);
+        daemon_show_log(d, "cqrsd did not exit by itself");
+        kill(-d->pid, SIGKILL);
+        waitpid(d->pid, NULL, 0);
+        d->pid = 0;
+        cr_assert_fail("cqrsd was expected to exit by itself within %d ms, but still ran; "
+                       "its stderr:\n%s", ms, err);
+    }
+    return status;
+}
+
+pid_t daemon_last_pgid(const struct daemon *d)
+{
+    (void)d;
+    return harness_left_pgid;
+}
+
+char *daemon_log(const struct daemon *d)
+{
+    char path[320];
+    harness_log_path(d, path, sizeof path);
+    return harness_slurp(path);
+}
+
+char *daemon_stderr(const struct daemon *d)
+{
+    char path[320];
+    snprintf(path, sizeof path, "%s/cqrsd.err", d->dir);
+    return harness_slurp(path);
+}
+
+void daemon_show_log(const struct daemon *d, const char *why)
+{
+    char path[320];
+    harness_log_path(d, path, sizeof path);
+    char *log = harness_slurp(path);
+    size_t len = strlen(log), head = 32768, tail = 16384;
+    if (len <= head + tail) {
+        fprintf(stderr, "---- %s; cqrsd log (%s) ----\n%s---- end of cqrsd log ----\n", why,
+                path, log);
+    } else {
+        /* a flood of one line must not drown the test report */
+        fprintf(stderr, "---- %s; cqrsd log (%s), %zu bytes: the first %zu ----\n%.*s\n"
+                "---- ... %zu bytes skipped ... ----\n%s---- end of cqrsd log ----\n", why, path,
+                len, head, (int)head, log, len - head - tail, log + len - tail);
+    }
+    free(log);
+}
+
+/* STATUS over `c`; 0 and the children copied, or -1 with `why` set. */
+static int harness_status_on(struct cqrs_client *c, struct child_status *out, size_t max,
+                             size_t *n, char *why, size_t whylen)
+{
+    Cqrs__Reply *r = NULL;
+    if (cqrs_client_control(c, CQRS__CONTROL__OP__STATUS, NULL, &r) < 0) {
+        snprintf(why, whylen, "STATUS failed: %s", strerror(errno));
+        return -1;
+    }
+    if (r->status != CQRS__STATUS__OK) {
+        snprintf(why, whylen, "STATUS answered %s: %s", cqrs_status_name(r->status), r->error);
+        cqrs__reply__free_unpacked(r, NULL);
+        return -1;
+    }
+    *n = r->n_children;
+    for (size_t i = 0; i < r->n_children && i < max; i++) {
+        const Cqrs__ChildInfo *ci = r->children[i];
+        struct child_status *s = &out[i];
+        memset(s, 0, sizeof *s);
+        snprintf(s->name, sizeof s->name, "%s", ci->name);
+        s->pid = (pid_t)ci->pid;
+        snprintf(s->state, sizeof s->state, "%s", ci->state);
+        s->restarts = ci->restarts;
+        s->started_at_us = ci->started_at_us;
+        snprintf(s->last_exit, sizeof s->last_exit, "%s", ci->last_exit);
+    }
+    cqrs__reply__free_unpacked(r, NULL);
+    return 0;
+}
+
+/* One child from a fresh STATUS; 0, or -1 with `why` (not listed, no answer). */
+static int harness_child_try(const struct daemon *d, const char *name, struct child_status *out,
+                             char *why, size_t whylen)
+{
+    struct cqrs_client *c = cqrs_client_connect(d->sock);
+    if (!c) {
+        snprintf(why, whylen, "cannot connect to %s: %s", d->sock, strerror(errno));
+        return -1;
+    }
+    struct child_status all[HARNESS_MAX_CHILDREN];
+    size_t n = 0;
+    int rc = harness_status_on(c, all, HARNESS_MAX_CHILDREN, &n, why, whylen);
+    cqrs_client_free(c);
+    if (rc < 0)
+        return -1;
+    for (size_t i = 0; i < n && i < HARNESS_MAX_CHILDREN; i++) {
+        if (strcmp(all[i].name, name) == 0) {
+            *out = all[i];
+            return 0;
+        }
+    }
+    snprintf(why, whylen, "STATUS does not list a child named %s", name);
+    return -1;
+}
+
+int daemon_child_try(const struct daemon *d, const char *name, struct child_status *out)
+{
+    char why[400];
+    return harness_child_try(d, name, out, why, sizeof why);
+}
+
+size_t daemon_status(const struct daemon *d, struct child_status *out, size_t max)
+{
+    struct cqrs_client *c = daemon_connect(d);
+    char why[400];
+    size_t n = 0;
+    int rc = harness_status_on(c, out, max, &n, why, sizeof why);
+    cqrs_client_free(c);
+    cr_assert(rc == 0, "%s", why);
+    return n;
+}
+
+struct child_status daemon_child(const struct daemon *d, const char *name)
+{
+    struct child_status s;
+    char why[400];
+    cr_assert(harness_child_try(d, name, &s, why, sizeof why) == 0, "%s", why);
+    return s;
+}
+
+pid_t daemon_child_pid(const struct daemon *d, const char *name)
+{
+    struct child_status s = daemon_child(d, name);
+    cr_assert(strcmp(s.state, "running") == 0 && s.pid > 0,
+              "child %s is %s with pid %d, expected running", name, s.state, (int)s.pid);
+    return s.pid;
+}
+
+/* Polls STATUS until `done` says yes; asserts (log shown) at the deadline or
+ * when cqrsd exits. */
+static struct child_status harness_wait_child(struct daemon *d, const char *name, int ms,
+                                              int (*done)(const struct child_status *,
+                                                          const void *),
+                                              const void *arg, const char *what)
+{
+    int64_t deadline = harness_now_ms() + ms;
+    struct child_status s;
+    char why[400] = "";
+    memset(&s, 0, sizeof s);
+    for (;;) {
+        int status;
+        if (d->pid > 0 && waitpid(d->pid, &status, WNOHANG) == d->pid) {
+            kill(-d->pid, SIGKILL);
+            d->pid = 0;
+            daemon_show_log(d, "cqrsd exited");
+            cr_assert_fail("waiting for child %s to be %s: cqrsd exited (wait status 0x%x)",
+                           name, what, status);
+        }
+        int got = harness_child_try(d, name, &s, why, sizeof why) == 0;
+        if (got && done(&s, arg))
+            return s;
+        if (harness_now_ms() >= deadline)
+            break;
+        harness_nap_ms(10);
+    }
+    daemon_show_log(d, "child did not reach the expected state");
+    cr_assert_fail("child %s not %s after %d ms; last seen: state \"%s\", pid %d, restarts %u, "
+                   "last_exit \"%s\"%s%s", name, what, ms, s.state, (int)s.pid, s.restarts,
+                   s.last_exit, why[0] ? "; " : "", why);
+    return s;   /* not reached */
+}
+
+static int harness_is_new_running(const struct child_status *s, const void *arg)
+{
+    pid_t old = *(const pid_t *)arg;
+    return strcmp(s->state, "running") == 0 && s->pid > 0 && s->pid != old;
+}
+
+struct child_status daemon_wait_new_pid(struct daemon *d, const char *name, pid_t old_pid, int ms)
+{
+    char what[80];
+    snprintf(what, sizeof what, "running with a pid other than %d", (int)old_pid);
+    return harness_wait_child(d, name, ms, harness_is_new_running, &old_pid, what);
+}
+
+static int harness_is_state(const struct child_status *s, const void *arg)
+{
+    return strcmp(s->state, (const char *)arg) == 0;
+}
+
+struct child_status daemon_wait_state(struct daemon *d, const char *name, const char *state, int ms)
+{
+    char what[80];
+    snprintf(what, sizeof what, "in state \"%s\"", state);
+    return harness_wait_child(d, name, ms, harness_is_state, state, what);
+}
+
+int pid_alive(pid_t pid)
+{
+    if (pid <= 0)
+        return 0;
+    if (kill(pid, 0) < 0 && errno == ESRCH)
+        return 0;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    char *stat = harness_slurp(path);
+    /* "pid (comm) S ...": the state follows the last ')' */
+    const char *p = strrchr(stat, ')');
+    int zombie = p && (p[1] == ' ') && (p[2] == 'Z' || p[2] == 'X');
+    int gone = stat[0] == '\0';   /* vanished between kill and open */
+    free(stat);
+    return !zombie && !gone;
+}
+
+int pid_gone(pid_t pid)
+{
+    return pid > 0 && kill(pid, 0) < 0 && errno == ESRCH;
+}
+
+int pid_wait_dead(pid_t pid, int ms)
+{
+    int64_t deadline = harness_now_ms() + ms;
+    while (pid_alive(pid)) {
+        if (harness_now_ms() >= deadline)
+            return 0;
+        harness_nap_ms(10);
+    }
+    return 1;
+}
+
+int pgrp_alive(pid_t pgid, pid_t *first)
+{
+    int n = 0;
+    DIR *dir = opendir("/proc");
+    cr_assert(dir, "opendir /proc: %s", strerror(errno));
+    for (struct dirent *e; (e = readdir(dir)) != NULL;) {
+        char *end;
+        long pid = strtol(e->d_name, &end, 10);
+        if (*end || pid <= 0)
+            continue;
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+        char *stat = harness_slurp(path);
+        /* "pid (comm) S ppid pgrp ..." */
+        const char *p = strrchr(stat, ')');
+        char st = 0;
+        int ppid = 0, pgrp = 0;
+        if (p && sscanf(p + 1, " %c %d %d", &st, &ppid, &pgrp) == 3 && pgrp == pgid &&
+            st != 'Z' && st != 'X') {
+            if (n++ == 0 && first)
+                *first = (pid_t)pid;
+        }
+        free(stat);
+    }
+    closedir(dir);
+    return n;
+}
+
+int pgrp_wait_dead(pid_t pgid, int ms, pid_t *first)
+{
+    int64_t deadline = harness_now_ms() + ms;
+    int n;
+    while ((n = pgrp_alive(pgid, first)) > 0 && harness_now_ms() < deadline)
+        harness_nap_ms(10);
+    return n;
 }
