@@ -56,11 +56,13 @@ size_t config_worker_args(const struct storage_config *st, char **argv, char *bu
 {
     static const char *flags[] = { "--fsync", "--batch-interval-ms", "--checkpoint-ms",
                                    "--segment-mb", "--retention-mb", "--retention-s",
-                                   "--snapshot-every" };
+                                   "--snapshot-every", "--open-files", "--max-aggregates",
+                                   "--idle-timeout-s" };
     unsigned values[] = { 0, st->batch_interval_ms, st->checkpoint_ms, st->segment_mb,
-                          st->retention_mb, st->retention_s, st->snapshot_every };
+                          st->retention_mb, st->retention_s, st->snapshot_every, st->open_files,
+                          st->max_aggregates, st->idle_timeout_s };
     size_t n = 0, used = 0;
-    for (size_t i = 0; i < 7; i++) {
+    for (size_t i = 0; i < 10; i++) {
         argv[n++] = (char *)flags[i];
         char *v = buf + used;
         int w = i == 0 ? snprintf(v, len - used, "%s", config_fsync_name(st->fsync))
@@ -97,7 +99,8 @@ void config_defaults(struct cqrsd_config *cfg)
     cfg->heartbeat_ms = 1000;
     cfg->heartbeat_timeout_ms = 3000;
     cfg->standby = 1;
-    cfg->storage = (struct storage_config){ FSYNC_ALWAYS, 10, 1000, 64, 256, 3600, 1000 };
+    cfg->storage = (struct storage_config){ FSYNC_ALWAYS, 10, 1000, 64, 256, 3600, 1000,
+                                            1024, 1000000, 3600 };
     for (size_t i = 0; aggregate_registry[i] && cfg->n_children < CONFIG_MAX_CHILDREN; i++) {
         config_child_defaults(&cfg->children[cfg->n_children], aggregate_registry[i]->name);
         cfg->children[cfg->n_children++].shutdown_ms = (int)cfg->shutdown_timeout_ms;
@@ -227,6 +230,12 @@ static int config_storage_key(struct config_parse *p, const char *key, const cha
         return config_uint(p, s, key, value, 0, 31536000, &st->retention_s);
     if (strcmp(key, "snapshot_every") == 0)
         return config_uint(p, s, key, value, 0, 100000000, &st->snapshot_every);
+    if (strcmp(key, "open_files") == 0)
+        return config_uint(p, s, key, value, 1, 1000000, &st->open_files);
+    if (strcmp(key, "max_aggregates") == 0)
+        return config_uint(p, s, key, value, 1, 100000000, &st->max_aggregates);
+    if (strcmp(key, "idle_timeout_s") == 0)
+        return config_uint(p, s, key, value, 0, 31536000, &st->idle_timeout_s);
     return config_fail(p, "unknown key \"%s\" in [storage]", key);
 }
 

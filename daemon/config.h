@@ -19,6 +19,9 @@
  *   journal_retention_mb = 256    ; checkpointed segments kept up to this size ...
  *   journal_retention_s = 3600    ; ... or this age
  *   snapshot_every = 1000         ; events between snapshots of a stream; 0 = off
+ *   open_files = 1024             ; stream log files a worker keeps open
+ *   max_aggregates = 1000000      ; aggregates a worker keeps in memory (LRU)
+ *   idle_timeout_s = 3600         ; an aggregate unused this long is evicted; 0 = never
  *
  *   [child wallet]                ; in start order; NAME is an aggregate type
  *   restart = permanent           ; permanent | transient | temporary
@@ -54,6 +57,9 @@ struct storage_config {
     unsigned retention_mb;
     unsigned retention_s;
     unsigned snapshot_every;
+    unsigned open_files;
+    unsigned max_aggregates;
+    unsigned idle_timeout_s;
 };
 
 struct cqrsd_config {
@@ -84,7 +90,7 @@ const char *config_fsync_name(enum storage_fsync f);
 
 /* The worker's command-line options for `storage` into argv (at most
  * CONFIG_WORKER_ARGS entries, strings in `buf`); returns the count. */
-#define CONFIG_WORKER_ARGS 14
+#define CONFIG_WORKER_ARGS 20
 size_t config_worker_args(const struct storage_config *storage, char **argv, char *buf, size_t len);
 
 #endif

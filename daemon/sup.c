@@ -156,7 +156,7 @@ static pid_t sup_launch(struct sup *s, const char *name, int standby, int *fd)
         log_error("child %s: socketpair: %s", name, strerror(errno));
         return -1;
     }
-    char ppid[16], buf[256];
+    char ppid[16], buf[512];
     snprintf(ppid, sizeof ppid, "%d", (int)getpid());
     char *argv[11 + CONFIG_WORKER_ARGS] = { "cqrs-worker", "--type", (char *)name, "--data-dir",
                                             (char *)s->opt.data_dir, "--fd", "3",

@@ -17,7 +17,8 @@
 #include "frame.h"
 
 struct evlog {
-    int fd;
+    int fd;               /* -1 while parked */
+    int readonly;
     off_t size;           /* bytes written, magic included */
     int dir_unsynced;     /* created by us: sync the directory entry once */
     char *path;
@@ -192,6 +193,7 @@ int evlog_open_at(const char *path, int flags, off_t start, uint64_t start_versi
         goto fail;
     }
     log->fd = fd;
+    log->readonly = ro;
 
     /* mapped, not read: replay decodes straight from the page cache */
     uint8_t *buf = NULL;
@@ -281,9 +283,31 @@ void evlog_free(struct evlog *log)
     free(log);
 }
 
-int evlog_fd(const struct evlog *log)
+/* Reopens a parked log. */
+static int evlog_ensure(struct evlog *log)
 {
-    return log->fd;
+    if (log->fd >= 0)
+        return 0;
+    log->fd = open(log->path, (log->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    return log->fd < 0 ? -1 : 0;
+}
+
+void evlog_park(struct evlog *log)
+{
+    if (log->fd >= 0) {
+        close(log->fd);
+        log->fd = -1;
+    }
+}
+
+int evlog_is_open(const struct evlog *log)
+{
+    return log->fd >= 0;
+}
+
+int evlog_fd(struct evlog *log)
+{
+    return evlog_ensure(log) < 0 ? -1 : log->fd;
 }
 
 off_t evlog_size(const struct evlog *log)
@@ -342,6 +366,8 @@ static int evlog_sync_dir(struct evlog *log)
 
 int evlog_append(struct evlog *log, const uint8_t *buf, size_t len, int sync)
 {
+    if (evlog_ensure(log) < 0)
+        return -1;
     if (evlog_pwrite_all(log->fd, buf, len, log->size) < 0)
         goto rollback;
     if (sync && (fdatasync(log->fd) < 0 || (log->dir_unsynced && evlog_sync_dir(log) < 0)))
@@ -361,14 +387,18 @@ rollback:
 
 int evlog_sync(struct evlog *log)
 {
+    if (evlog_ensure(log) < 0)
+        return -1;
     if (fdatasync(log->fd) < 0 || (log->dir_unsynced && evlog_sync_dir(log) < 0))
         return -1;
     return 0;
 }
 
-int evlog_read(const struct evlog *log, off_t offset, size_t size, Cqrs__EventRecord **out)
+int evlog_read(struct evlog *log, off_t offset, size_t size, Cqrs__EventRecord **out)
 {
     *out = NULL;
+    if (evlog_ensure(log) < 0)
+        return -1;
     if (size <= EVLOG_HEADER_LEN || offset + (off_t)size > log->size) {
         errno = EINVAL;
         return -1;

@@ -82,8 +82,12 @@ int evlog_open(const char *path, int flags, evlog_replay_fn fn, void *arg,
 int evlog_open_at(const char *path, int flags, off_t start, uint64_t start_version,
                   evlog_replay_fn fn, void *arg, struct evlog **out, struct evlog_open_info *info);
 void evlog_free(struct evlog *log);
-/* The file descriptor (for reads by the caller). */
-int evlog_fd(const struct evlog *log);
+/* The file descriptor (for reads by the caller), reopened if parked; -1. */
+int evlog_fd(struct evlog *log);
+/* Closes the file descriptor until the log is used again (a bounded number
+ * of open files for many streams). */
+void evlog_park(struct evlog *log);
+int evlog_is_open(const struct evlog *log);
 
 /* Bytes in the file (magic included): where the next record goes. */
 off_t evlog_size(const struct evlog *log);
@@ -103,6 +107,6 @@ int evlog_sync(struct evlog *log);
 /* Reads and decodes the record at `offset` of `size` bytes (as given to the
  * replay callback or returned by evlog_encode). Free with
  * cqrs__event_record__free_unpacked(rec, NULL). */
-int evlog_read(const struct evlog *log, off_t offset, size_t size, Cqrs__EventRecord **out);
+int evlog_read(struct evlog *log, off_t offset, size_t size, Cqrs__EventRecord **out);
 
 #endif

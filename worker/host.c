@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <uthash.h>
+#include <utlist.h>
 
 #include "cqrs.pb-c.h"
 #include "frame.h"
@@ -36,6 +37,11 @@ struct host {
     char *dir;
     struct store *store;
     unsigned snapshot_every;
+    unsigned open_files, max_aggregates, idle_timeout_s;
+    struct stream *lru;         /* every loaded stream, least recently used first */
+    struct stream *open;        /* streams whose log file is open, likewise */
+    size_t n_loaded, n_open;
+    struct event *idle_timer;
     struct stream *streams;     /* hash by id */
     struct stream *dirty;       /* streams with pending records */
     struct stream *drops;       /* streams that may be dropped after the batch */
@@ -70,6 +76,80 @@ static int host_make_dir(const char *data_dir, const char *dir)
     return host_sync_dir(data_dir);
 }
 
+/* ---- memory and open files: LRU ---------------------------------------------------- */
+
+static int64_t host_mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+}
+
+/* `s` was just used: the most recent in both lists. */
+static void host_touch(struct host *h, struct stream *s)
+{
+    if (s->in_lru)
+        DL_DELETE2(h->lru, s, lru_prev, lru_next);
+    else
+        h->n_loaded++;
+    DL_APPEND2(h->lru, s, lru_prev, lru_next);
+    s->in_lru = 1;
+    s->last_used_s = host_mono_s();
+    if (s->in_open) {
+        DL_DELETE2(h->open, s, open_prev, open_next);
+        h->n_open--;
+        s->in_open = 0;
+    }
+    if (s->log && evlog_is_open(s->log)) {
+        DL_APPEND2(h->open, s, open_prev, open_next);
+        h->n_open++;
+        s->in_open = 1;
+    }
+}
+
+/* Removes `s` from memory (its files are untouched: the next use reloads). */
+static void host_forget(struct host *h, struct stream *s)
+{
+    if (s->in_lru) {
+        DL_DELETE2(h->lru, s, lru_prev, lru_next);
+        h->n_loaded--;
+    }
+    if (s->in_open) {
+        DL_DELETE2(h->open, s, open_prev, open_next);
+        h->n_open--;
+    }
+    HASH_DEL(h->streams, s);
+    stream_free(s);
+}
+
+/* Between batches: at most open_files log files open and max_aggregates
+ * streams in memory, the least recently used going first. Nothing is lost:
+ * everything a stream holds is in its files (and the journal). */
+static void host_enforce_limits(struct host *h)
+{
+    while (h->n_open > h->open_files && h->open) {
+        struct stream *s = h->open;
+        evlog_park(s->log);
+        DL_DELETE2(h->open, s, open_prev, open_next);
+        h->n_open--;
+        s->in_open = 0;
+    }
+    while (h->n_loaded > h->max_aggregates && h->lru)
+        host_forget(h, h->lru);
+}
+
+/* OTP's hibernate, at the scale of a whole aggregate: one unused for
+ * idle_timeout_s is evicted. */
+static void host_on_idle_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct host *h = arg;
+    (void)fd;
+    (void)what;
+    int64_t limit = host_mono_s() - (int64_t)h->idle_timeout_s;
+    while (h->lru && h->lru->last_used_s <= limit)
+        host_forget(h, h->lru);
+}
+
 struct host *host_new(struct event_base *base, const struct aggregate_type *type,
                       const char *data_dir, const struct store_options *opt)
 {
@@ -78,6 +158,9 @@ struct host *host_new(struct event_base *base, const struct aggregate_type *type
         return NULL;
     h->type = type;
     h->snapshot_every = opt->snapshot_every;
+    h->open_files = opt->open_files ? opt->open_files : 1;
+    h->max_aggregates = opt->max_aggregates ? opt->max_aggregates : 1;
+    h->idle_timeout_s = opt->idle_timeout_s;
     if (asprintf(&h->dir, "%s/%s", data_dir, type->name) < 0) {
         free(h);
         errno = ENOMEM;
@@ -95,6 +178,15 @@ struct host *host_new(struct event_base *base, const struct aggregate_type *type
         host_free(h);
         return NULL;
     }
+    if (h->idle_timeout_s) {
+        h->idle_timer = event_new(base, -1, EV_PERSIST, host_on_idle_timer, h);
+        unsigned every = h->idle_timeout_s < 4 ? 1 : h->idle_timeout_s / 4;
+        struct timeval tv = { every, 0 };
+        if (!h->idle_timer || event_add(h->idle_timer, &tv) < 0) {
+            host_free(h);
+            return NULL;
+        }
+    }
     return h;
 }
 
@@ -103,10 +195,10 @@ void host_free(struct host *h)
     if (!h)
         return;
     struct stream *s, *tmp;
-    HASH_ITER(hh, h->streams, s, tmp) {
-        HASH_DEL(h->streams, s);
-        stream_free(s);
-    }
+    HASH_ITER(hh, h->streams, s, tmp)
+        host_forget(h, s);
+    if (h->idle_timer)
+        event_free(h->idle_timer);
     for (size_t i = 0; i < h->n_replies; i++)
         free(h->replies[i].bytes);
     free(h->replies);
@@ -183,8 +275,10 @@ static struct stream *host_stream(struct host *h, const char *id)
 {
     struct stream *s;
     HASH_FIND_STR(h->streams, id, s);
-    if (s)
+    if (s) {
+        host_touch(h, s);
         return s;
+    }
     char path[PATH_MAX];
     host_path(h, id, path, sizeof path);
     char why[300];
@@ -199,6 +293,7 @@ static struct stream *host_stream(struct host *h, const char *id)
         s->corrupt = -1;
         snprintf(s->detail, sizeof s->detail, "storage is being repaired: %.160s", why);
         HASH_ADD_STR(h->streams, id, s);
+        host_touch(h, s);
         host_maybe_drop(h, s);
         return s;
     }
@@ -218,6 +313,7 @@ static struct stream *host_stream(struct host *h, const char *id)
     else if (s->corrupt < 0)
         log_error("%s %s: %s", h->type->name, id, s->detail);
     HASH_ADD_STR(h->streams, id, s);
+    host_touch(h, s);
     if (s->version == 0 || s->corrupt < 0)
         host_maybe_drop(h, s);
     return s;
@@ -258,6 +354,7 @@ static void host_reply_events(struct host *h, uint64_t tag, uint64_t id, struct 
     r.n_events = got;
     r.events = evs;
     host_queue(h, tag, id, s, &r);
+    host_touch(h, s);   /* reading may have reopened its file */
     for (size_t i = 0; i < got; i++)
         cqrs__event_record__free_unpacked(evs[i], NULL);
     free(evs);
@@ -523,6 +620,7 @@ void host_commit(struct host *h, struct evbuffer *out)
             host_maybe_drop(h, s);
         } else {
             store_written(h->store, path, created);
+            host_touch(h, s);
             if (h->snapshot_every && s->version - s->snap_version >= h->snapshot_every)
                 host_snapshot(h, s);
         }
@@ -558,10 +656,9 @@ void host_commit(struct host *h, struct evbuffer *out)
         next = s->next_drop;
         s->drop_candidate = 0;
         s->next_drop = NULL;
-        if ((s->version == 0 && !s->corrupt) || s->corrupt < 0) {
-            HASH_DEL(h->streams, s);
-            stream_free(s);
-        }
+        if ((s->version == 0 && !s->corrupt) || s->corrupt < 0)
+            host_forget(h, s);
     }
     h->drops = NULL;
+    host_enforce_limits(h);
 }

@@ -4,7 +4,8 @@
  *   cqrs-worker --type TYPE --data-dir DIR [--fd N] [--supervisor-pid PID]
  *               [--fsync always|batch|never] [--batch-interval-ms N]
  *               [--checkpoint-ms N] [--segment-mb N] [--retention-mb N]
- *               [--retention-s N] [--snapshot-every N] [--standby]
+ *               [--retention-s N] [--snapshot-every N] [--open-files N]
+ *               [--max-aggregates N] [--idle-timeout-s N] [--standby]
  *
  * cqrsd starts it with one end of a socketpair as fd N (default 3). Frames
  * on it are tagged (see lib/frame.h): tag 0 is the supervisor channel, any
@@ -156,7 +157,8 @@ static void worker_usage(FILE *f)
     fprintf(f, "usage: cqrs-worker --type TYPE --data-dir DIR [--fd N] [--supervisor-pid PID]\n"
                "                   [--fsync always|batch|never] [--batch-interval-ms N]\n"
                "                   [--checkpoint-ms N] [--segment-mb N] [--retention-mb N]\n"
-               "                   [--retention-s N] [--snapshot-every N] [--standby]\n"
+               "                   [--retention-s N] [--snapshot-every N] [--open-files N]\n"
+               "                   [--max-aggregates N] [--idle-timeout-s N] [--standby]\n"
                "Started by cqrsd; not meant to be run by hand.\n");
 }
 
@@ -177,7 +179,8 @@ int main(int argc, char **argv)
     struct store_options sopt = {
         .fsync = STORE_FSYNC_ALWAYS, .batch_interval_ms = 10, .checkpoint_ms = 1000,
         .segment_bytes = 64 << 20, .retention_bytes = 256u << 20, .retention_s = 3600,
-        .snapshot_every = 1000,
+        .snapshot_every = 1000, .open_files = 1024, .max_aggregates = 1000000,
+        .idle_timeout_s = 3600,
     };
     long supervisor = 0;
     int standby = 0;
@@ -193,6 +196,9 @@ int main(int argc, char **argv)
         { "retention-s", required_argument, NULL, 'a' },
         { "snapshot-every", required_argument, NULL, 'n' },
         { "standby", no_argument, NULL, 'S' },
+        { "open-files", required_argument, NULL, 'o' },
+        { "max-aggregates", required_argument, NULL, 'm' },
+        { "idle-timeout-s", required_argument, NULL, 'i' },
         { "supervisor-pid", required_argument, NULL, 'p' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -222,6 +228,9 @@ int main(int argc, char **argv)
         case 'a': sopt.retention_s = (unsigned)atoi(optarg); break;
         case 'n': sopt.snapshot_every = (unsigned)atoi(optarg); break;
         case 'S': standby = 1; break;
+        case 'o': sopt.open_files = (unsigned)atoi(optarg); break;
+        case 'm': sopt.max_aggregates = (unsigned)atoi(optarg); break;
+        case 'i': sopt.idle_timeout_s = (unsigned)atoi(optarg); break;
         case 'p': supervisor = atol(optarg); break;
         case 'h': worker_usage(stdout); return 0;
         default: worker_usage(stderr); return 64;
@@ -255,7 +264,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     worker_raise_nofile();
 
-    if (!sopt.batch_interval_ms || !sopt.checkpoint_ms || sopt.segment_bytes <= 0) {
+    if (!sopt.batch_interval_ms || !sopt.checkpoint_ms || sopt.segment_bytes <= 0 ||
+        !sopt.open_files || !sopt.max_aggregates) {
         worker_usage(stderr);
         return 64;
     }

@@ -44,6 +44,9 @@ struct store_options {
     uint64_t retention_bytes;
     unsigned retention_s;
     unsigned snapshot_every;        /* events between snapshots of a stream (0: none) */
+    unsigned open_files;            /* stream log files kept open at most */
+    unsigned max_aggregates;        /* streams kept in memory at most */
+    unsigned idle_timeout_s;        /* unused this long: evicted (0: never) */
 };
 
 struct store;

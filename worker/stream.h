@@ -56,6 +56,10 @@ struct stream {
     struct stream *next_dirty;    /* in the batch's dirty list */
     int dirty;
     struct stream *next_drop;     /* in the host's list of drop candidates */
+    struct stream *lru_prev, *lru_next;     /* every loaded stream, least recent first */
+    struct stream *open_prev, *open_next;   /* those whose log file is open */
+    int in_lru, in_open;
+    int64_t last_used_s;
     int drop_candidate;
     int corrupt;                  /* > 0 quarantined: every request gets CORRUPT;
                                      < 0 failed (I/O): dropped after the batch */

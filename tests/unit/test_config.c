@@ -96,10 +96,11 @@ Test(config, storage_section_and_worker_args)
     char *argv[CONFIG_WORKER_ARGS];
     char buf[256];
     size_t n = config_worker_args(&cfg.storage, argv, buf, sizeof buf);
-    cr_assert_eq(n, 14);
+    cr_assert_eq(n, 20);
     const char *want[] = { "--fsync", "batch", "--batch-interval-ms", "5", "--checkpoint-ms", "200",
                            "--segment-mb", "8", "--retention-mb", "16", "--retention-s", "60",
-                           "--snapshot-every", "1000" };
+                           "--snapshot-every", "1000", "--open-files", "1024",
+                           "--max-aggregates", "1000000", "--idle-timeout-s", "3600" };
     for (size_t i = 0; i < n; i++)
         cr_assert_str_eq(argv[i], want[i]);
 }

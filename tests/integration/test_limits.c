@@ -1,0 +1,135 @@
+/*
+ * Bounded resources: a worker touching far more streams than its limits
+ * keeps at most `open_files` log files open and at most `max_aggregates`
+ * aggregates in memory, and loses nothing: evicted aggregates come back
+ * from their files with the right state.
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "wallet.pb-c.h"
+
+#define STREAMS 100000
+#define OPEN_FILES 64
+#define DEPTH 256
+
+static struct daemon d;
+
+static void teardown(void)
+{
+    daemon_cleanup(&d);
+}
+
+TestSuite(limits, .fini = teardown, .timeout = 240);
+
+/* Open descriptors of `pid` that are stream logs (<...>/wallet/<shard>/<id>.log). */
+static int open_stream_logs(pid_t pid)
+{
+    char dir[64], link[PATH_MAX], target[PATH_MAX];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pid);
+    DIR *dd = opendir(dir);
+    cr_assert_not_null(dd, "cannot list %s", dir);
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(dd)) != NULL) {
+        snprintf(link, sizeof link, "%s/%s", dir, e->d_name);
+        ssize_t len = readlink(link, target, sizeof target - 1);
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        if (strstr(target, "/wallet/") && !strstr(target, "/journal/") &&
+            len > 4 && strcmp(target + len - 4, ".log") == 0)
+            n++;
+    }
+    closedir(dd);
+    return n;
+}
+
+static long rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
+}
+
+static uint64_t topup(struct cqrs_client *c, const char *id, int64_t amount)
+{
+    Wallet__TopUp t = WALLET__TOP_UP__INIT;
+    t.amount = amount;
+    Cqrs__Reply *r = send_cmd(c, "wallet", id, &t.base, NULL, -1);
+    cr_assert_eq(r->status, CQRS__STATUS__OK, "%s: %s", id, r->error);
+    uint64_t v = r->version;
+    cqrs__reply__free_unpacked(r, NULL);
+    return v;
+}
+
+Test(limits, hundred_thousand_streams_within_open_files_and_max_aggregates)
+{
+    daemon_start_conf(&d,
+                      "[storage]\nfsync = never\nopen_files = 64\nmax_aggregates = 1000\n"
+                      "[child wallet]\n[child account]\n", NULL);
+    pid_t worker = daemon_child_pid(&d, "wallet");
+    struct cqrs_client *c = daemon_connect(&d);
+    cqrs_client_set_retries(c, 0);
+
+    /* one TopUp of 1 to each of 100,000 wallets, DEPTH in flight */
+    uint8_t payload[16];
+    Wallet__TopUp t = WALLET__TOP_UP__INIT;
+    t.amount = 1;
+    size_t plen = wallet__top_up__pack(&t, payload);
+    char id[32];
+    Cqrs__Request req = CQRS__REQUEST__INIT;
+    Cqrs__Command cmd = CQRS__COMMAND__INIT;
+    req.body_case = CQRS__REQUEST__BODY_COMMAND;
+    req.command = &cmd;
+    cmd.aggregate_type = "wallet";
+    cmd.aggregate_id = id;
+    cmd.name = "TopUp";
+    cmd.payload.data = payload;
+    cmd.payload.len = plen;
+    long sent = 0, got = 0;
+    int max_open = 0;
+    while (got < STREAMS) {
+        while (sent < STREAMS && sent - got < DEPTH) {
+            snprintf(id, sizeof id, "w%ld", sent++);
+            uint64_t rid;
+            cr_assert_eq(cqrs_client_send(c, &req, &rid), 0);
+        }
+        Cqrs__Reply *r;
+        cr_assert_eq(cqrs_client_recv_any(c, &r), 0);
+        cr_assert_eq(r->status, CQRS__STATUS__OK, "%s", r->error);
+        cqrs__reply__free_unpacked(r, NULL);
+        if (++got % 10000 == 0) {
+            int n = open_stream_logs(worker);
+            if (n > max_open)
+                max_open = n;
+        }
+    }
+    cr_log_info("at most %d stream logs open while 100,000 streams were written", max_open);
+    cr_assert_leq(max_open, OPEN_FILES, "%d stream log files open, limit %d", max_open, OPEN_FILES);
+    cr_assert_leq(open_stream_logs(worker), OPEN_FILES);
+    cr_assert_eq(daemon_child_pid(&d, "wallet"), worker, "the worker restarted under the load");
+
+    /* the first wallets were evicted long ago: they come back from their files */
+    for (int i = 0; i < 50; i++) {
+        snprintf(id, sizeof id, "w%d", i * 37);
+        cr_assert_eq(topup(c, id, 5), 2, "%s did not continue at version 2", id);
+    }
+    long kb = rss_kb(worker);
+    cr_log_info("wallet worker RSS after 100,000 streams with max_aggregates = 1000: %ld kB", kb);
+    /* generous: 100,000 aggregates kept in memory would be far beyond it */
+    cr_assert_lt(kb, 400 * 1024, "worker RSS %ld kB", kb);
+    cqrs_client_free(c);
+}
