@@ -785,12 +785,15 @@ static int cmd_status(struct ctl *c, int argc, char **argv)
         json_t *list = json_array();
         for (size_t i = 0; list && i < r->n_children; i++) {
             const Cqrs__ChildInfo *ch = r->children[i];
-            if (json_array_append_new(list, json_pack("{s:o, s:i, s:o, s:I, s:I, s:o}",
+            json_t *o = json_pack("{s:o, s:i, s:o, s:I, s:I, s:o}",
                     "name", pbtext_json_string(ch->name), "pid", (int)ch->pid,
                     "state", pbtext_json_string(ch->state),
                     "restarts", (json_int_t)ch->restarts,
                     "started_at_us", (json_int_t)ch->started_at_us,
-                    "last_exit", pbtext_json_string(ch->last_exit))) < 0) {
+                    "last_exit", pbtext_json_string(ch->last_exit));
+            if (o && ch->stats)   /* the worker's counters, when it has answered a heartbeat */
+                json_object_set_new(o, "stats", pbtext_to_json(&ch->stats->base));
+            if (json_array_append_new(list, o) < 0) {
                 json_decref(list);
                 list = NULL;
             }

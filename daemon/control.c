@@ -14,9 +14,11 @@ static int control_status(struct sup *sup, Cqrs__Reply *r, struct evbuffer *out)
     size_t n = sup_count(sup);
     Cqrs__ChildInfo *infos = calloc(n ? n : 1, sizeof *infos);
     Cqrs__ChildInfo **ptrs = calloc(n ? n : 1, sizeof *ptrs);
-    if (!infos || !ptrs) {
+    Cqrs__WorkerStats **stats = calloc(n ? n : 1, sizeof *stats);
+    if (!infos || !ptrs || !stats) {
         free(infos);
         free(ptrs);
+        free(stats);
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
@@ -28,11 +30,17 @@ static int control_status(struct sup *sup, Cqrs__Reply *r, struct evbuffer *out)
         infos[i].restarts = c->restarts;
         infos[i].started_at_us = c->started_at_us;
         infos[i].last_exit = c->last_exit;
+        if (c->pid > 0 && c->stats_len)
+            infos[i].stats = stats[i] = cqrs__worker_stats__unpack(NULL, c->stats_len, c->stats);
         ptrs[i] = &infos[i];
     }
     r->n_children = n;
     r->children = ptrs;
     int rc = frame_put(out, NULL, &r->base);
+    for (size_t i = 0; i < n; i++)
+        if (stats[i])
+            cqrs__worker_stats__free_unpacked(stats[i], NULL);
+    free(stats);
     free(infos);
     free(ptrs);
     return rc;

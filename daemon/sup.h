@@ -70,6 +70,8 @@ struct child {
     int terminating;                /* we asked it to stop */
     int restart_requested;          /* start it again once stopped */
     int ping_out;                   /* heartbeat sent, no answer yet */
+    uint8_t stats[64];              /* the last heartbeat answer (a packed WorkerStats) */
+    size_t stats_len;
     int64_t ping_sent_us;
     struct standby standby;
     struct evbuffer *waiting;       /* tagged requests held until ready */

@@ -587,6 +587,19 @@ static void host_snapshot(struct host *h, struct stream *s)
         log_warn("%s %s: cannot write a snapshot: %s", h->type->name, s->id, strerror(errno));
 }
 
+void host_stats(const struct host *h, Cqrs__WorkerStats *out)
+{
+    struct store_stats st;
+    store_get_stats(h->store, &st);
+    out->batches = st.batches;
+    out->events = st.events;
+    out->journal_syncs = st.journal_syncs;
+    out->position = st.position;
+    out->checkpoint = st.checkpoint;
+    out->aggregates = h->n_loaded;
+    out->open_files = (uint32_t)h->n_open;
+}
+
 void host_commit(struct host *h, struct evbuffer *out)
 {
     char path[PATH_MAX];

@@ -22,6 +22,7 @@
 
 #include "aggregate.h"
 #include "store.h"
+#include "cqrs.pb-c.h"
 
 struct host;
 
@@ -36,5 +37,8 @@ void host_free(struct host *h);
 void host_request(struct host *h, uint64_t tag, const uint8_t *body, size_t len);
 /* Makes the batch durable and appends its tagged replies to `out`. */
 void host_commit(struct host *h, struct evbuffer *out);
+
+/* Counters for the heartbeat answer. */
+void host_stats(const struct host *h, Cqrs__WorkerStats *out);
 
 #endif

@@ -101,8 +101,11 @@ static void worker_process(struct worker *w, struct evbuffer *in)
             w->quit = 1;
             break;
         } else {
-            uint64_t zero = 0;   /* heartbeat: answered after what came before it */
-            frame_put_bytes(bufferevent_get_output(bev), &zero, NULL, 0);
+            /* heartbeat: answered, with the counters, after what came before it */
+            uint64_t zero = 0;
+            Cqrs__WorkerStats st = CQRS__WORKER_STATS__INIT;
+            host_stats(w->host, &st);
+            frame_put(bufferevent_get_output(bev), &zero, &st.base);
         }
         frame_consume(in, &f);
     }

@@ -44,6 +44,7 @@ struct store {
     size_t staged_len, staged_cap;
     uint64_t staged_first;
     int journal_unsynced;       /* fsync = batch: appended since the last sync */
+    struct store_stats stats;
     struct strset *unsynced;    /* stream files written since the last checkpoint */
     struct strset *new_dirs;    /* folders whose entries changed since then */
     int repair, force_repair;
@@ -398,6 +399,7 @@ static void store_on_batch_timer(evutil_socket_t fd, short what, void *arg)
     if (!st->journal_unsynced)
         return;
     st->journal_unsynced = 0;
+    st->stats.journal_syncs++;
     if (journal_sync(st->journal) < 0)
         log_error("cannot sync the journal: %s; events acknowledged in the last %u ms may be lost "
                   "in a power cut", strerror(errno), st->opt.batch_interval_ms);
@@ -573,10 +575,16 @@ int store_commit(struct store *st)
         return 0;
     int rc = journal_append(st->journal, st->staged, st->staged_len, st->next_position - 1,
                             st->opt.fsync == STORE_FSYNC_ALWAYS);
-    if (rc < 0)
+    if (rc < 0) {
         st->next_position = st->staged_first;   /* those positions were never used */
-    else if (st->opt.fsync == STORE_FSYNC_BATCH)
-        st->journal_unsynced = 1;
+    } else {
+        st->stats.batches++;
+        st->stats.events += st->next_position - st->staged_first;
+        if (st->opt.fsync == STORE_FSYNC_ALWAYS)
+            st->stats.journal_syncs++;
+        else if (st->opt.fsync == STORE_FSYNC_BATCH)
+            st->journal_unsynced = 1;
+    }
     st->staged_len = 0;
     return rc;
 }
@@ -589,6 +597,13 @@ void store_written(struct store *st, const char *path, int new_file)
         store_parent(path, dir, sizeof dir);
         strset_add(&st->new_dirs, dir);
     }
+}
+
+void store_get_stats(const struct store *st, struct store_stats *out)
+{
+    *out = st->stats;
+    out->position = journal_last(st->journal);
+    out->checkpoint = journal_checkpointed(st->journal);
 }
 
 void store_write_failed(struct store *st)

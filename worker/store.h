@@ -51,6 +51,10 @@ struct store_options {
 
 struct store;
 
+struct store_stats {
+    uint64_t batches, events, journal_syncs, position, checkpoint;
+};
+
 /* Opens the journal of `type_dir` and recovers the stream files from it.
  * NULL with one sentence in `err` when the journal is corrupt or unusable. */
 struct store *store_open(struct event_base *base, const char *type_dir,
@@ -72,5 +76,8 @@ void store_write_failed(struct store *st);
 /* Repairs when needed. 0 when the stream files hold every journaled event,
  * -1 with one sentence in `err`. */
 int store_ensure_repaired(struct store *st, char *err, size_t errlen);
+
+/* Counters since the worker started, and the journal's positions. */
+void store_get_stats(const struct store *st, struct store_stats *out);
 
 #endif
