@@ -105,6 +105,14 @@ static void host_touch(struct host *h, struct stream *s)
         h->n_open++;
         s->in_open = 1;
     }
+    /* a parked log reopens when next used, even within this batch */
+    while (h->n_open > h->open_files && h->open != s) {
+        struct stream *old = h->open;
+        evlog_park(old->log);
+        DL_DELETE2(h->open, old, open_prev, open_next);
+        h->n_open--;
+        old->in_open = 0;
+    }
 }
 
 /* Removes `s` from memory (its files are untouched: the next use reloads). */
@@ -122,18 +130,12 @@ static void host_forget(struct host *h, struct stream *s)
     stream_free(s);
 }
 
-/* Between batches: at most open_files log files open and max_aggregates
- * streams in memory, the least recently used going first. Nothing is lost:
- * everything a stream holds is in its files (and the journal). */
+/* Between batches: at most max_aggregates streams in memory, the least
+ * recently used going first (open files are bounded as they open, in
+ * host_touch). Nothing is lost: everything a stream holds is in its files
+ * (and the journal). */
 static void host_enforce_limits(struct host *h)
 {
-    while (h->n_open > h->open_files && h->open) {
-        struct stream *s = h->open;
-        evlog_park(s->log);
-        DL_DELETE2(h->open, s, open_prev, open_next);
-        h->n_open--;
-        s->in_open = 0;
-    }
     while (h->n_loaded > h->max_aggregates && h->lru)
         host_forget(h, h->lru);
 }
