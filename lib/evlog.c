@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "crc32c.h"
+#include "durable.h"
 #include "frame.h"
 
 struct evlog {
@@ -343,25 +344,14 @@ ssize_t evlog_encode(const Cqrs__EventRecord *rec, uint8_t **buf, size_t *len, s
     return (ssize_t)(EVLOG_HEADER_LEN + plen);
 }
 
+
 /* Makes the file's directory entry durable (once, after creation). */
-static int evlog_sync_dir(struct evlog *log)
+static int evlog_sync_dir_entry(struct evlog *log)
 {
-    char *copy = strdup(log->path);
-    if (!copy) {
-        errno = ENOMEM;
+    if (durable_sync_parent(log->path) < 0)
         return -1;
-    }
-    int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    free(copy);
-    if (dfd < 0)
-        return -1;
-    int rc = fsync(dfd);
-    int e = errno;
-    close(dfd);
-    errno = e;
-    if (rc == 0)
-        log->dir_unsynced = 0;
-    return rc;
+    log->dir_unsynced = 0;
+    return 0;
 }
 
 int evlog_append(struct evlog *log, const uint8_t *buf, size_t len, int sync)
@@ -370,7 +360,7 @@ int evlog_append(struct evlog *log, const uint8_t *buf, size_t len, int sync)
         return -1;
     if (evlog_pwrite_all(log->fd, buf, len, log->size) < 0)
         goto rollback;
-    if (sync && (fdatasync(log->fd) < 0 || (log->dir_unsynced && evlog_sync_dir(log) < 0)))
+    if (sync && (fdatasync(log->fd) < 0 || (log->dir_unsynced && evlog_sync_dir_entry(log) < 0)))
         goto rollback;
     log->size += (off_t)len;
     return 0;
@@ -389,7 +379,7 @@ int evlog_sync(struct evlog *log)
 {
     if (evlog_ensure(log) < 0)
         return -1;
-    if (fdatasync(log->fd) < 0 || (log->dir_unsynced && evlog_sync_dir(log) < 0))
+    if (fdatasync(log->fd) < 0 || (log->dir_unsynced && evlog_sync_dir_entry(log) < 0))
         return -1;
     return 0;
 }

@@ -14,6 +14,7 @@
 #include <utlist.h>
 
 #include "cqrs.pb-c.h"
+#include "durable.h"
 #include "frame.h"
 #include "log.h"
 #include "pbwire.h"
@@ -49,16 +50,6 @@ struct host {
     size_t n_replies, cap_replies;
 };
 
-/* Makes the type directory's entry durable before any stream relies on it. */
-static int host_sync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
 
 /* `dir` (inside data_dir) exists as a directory: made, and its entry
  * synced, if it was not there. */
@@ -73,7 +64,7 @@ static int host_make_dir(const char *data_dir, const char *dir)
     }
     if ((mkdir(data_dir, 0700) < 0 && errno != EEXIST) || mkdir(dir, 0700) < 0)
         return -1;
-    return host_sync_dir(data_dir);
+    return durable_sync_dir(data_dir);   /* the type folder's entry */
 }
 
 /* ---- memory and open files: LRU ---------------------------------------------------- */

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "durable.h"
 #include "evlog.h"
 
 struct segment {
@@ -34,17 +35,6 @@ struct journal {
     int roll;              /* start a new segment before the next append */
 };
 
-static int journal_sync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    int e = errno;
-    close(fd);
-    errno = e;
-    return rc;
-}
 
 static int journal_cmp(const void *a, const void *b)
 {
@@ -135,9 +125,7 @@ int journal_open(const char *dir, off_t segment_bytes, struct journal **out,
     j->segment_bytes = segment_bytes;
     j->lock_fd = -1;
     if (mkdir(dir, 0700) == 0) {
-        char parent[PATH_MAX];
-        snprintf(parent, sizeof parent, "%s/..", dir);
-        if (journal_sync_dir(parent) < 0)
+        if (durable_sync_parent(dir) < 0)
             goto fail;
     } else if (errno != EEXIST) {
         goto fail;

@@ -1,6 +1,8 @@
 /* snapshot — see snapshot.h for the file format and the write protocol. */
 #include "snapshot.h"
 
+#include "durable.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -189,24 +191,6 @@ static int snapshot_write_all(int fd, const uint8_t *p, size_t len)
     return 0;
 }
 
-/* Makes the rename durable. */
-static int snapshot_sync_dir(const char *path)
-{
-    char *copy = strdup(path);
-    if (!copy) {
-        errno = ENOMEM;
-        return -1;
-    }
-    int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    free(copy);
-    if (dfd < 0)
-        return -1;
-    int rc = fsync(dfd);
-    int e = errno;
-    close(dfd);
-    errno = e;
-    return rc;
-}
 
 int snapshot_write(const char *path, const struct snapshot *snap)
 {
@@ -236,7 +220,7 @@ int snapshot_write(const char *path, const struct snapshot *snap)
     }
     if (close(fd) < 0 || rename(tmp, path) < 0)
         goto unlink_tmp;
-    rc = snapshot_sync_dir(path);   /* the new snapshot is in place either way */
+    rc = durable_sync_parent(path);   /* the new snapshot is in place either way */
     goto done;
 
 unlink_tmp:

@@ -14,6 +14,7 @@
 #include <uthash.h>
 
 #include "aggregate.h"
+#include "durable.h"
 #include "evlog.h"
 #include "journal.h"
 #include "layout.h"
@@ -86,17 +87,6 @@ static void strset_clear(struct strset **set)
     }
 }
 
-static int store_sync_path(const char *path, int dir)
-{
-    int fd = open(path, (dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? 0 : -1;   /* gone since: nothing to make durable */
-    int rc = dir ? fsync(fd) : fdatasync(fd);
-    int e = errno;
-    close(fd);
-    errno = e;
-    return rc;
-}
 
 static void store_parent(const char *path, char *buf, size_t len)
 {
@@ -247,7 +237,7 @@ static int store_repair(struct store *st, int force, char *err, size_t errlen)
     if (rc == 0) {
         struct strset *d, *dtmp;
         HASH_ITER(hh, st->new_dirs, d, dtmp) {
-            if (store_sync_path(d->s, 1) < 0) {
+            if (durable_sync_dir(d->s) < 0 && errno != ENOENT) {
                 snprintf(err, errlen, "cannot sync %s: %s", d->s, strerror(errno));
                 rc = -1;
                 break;
@@ -309,7 +299,7 @@ static void *store_thread(void *arg)
         pthread_mutex_unlock(&st->mu);
         int sync = st->opt.fsync != STORE_FSYNC_NEVER;
         for (size_t i = 0; sync && i < job->n && !job->failed; i++) {
-            if (store_sync_path(job->paths[i], i >= job->n_files) < 0) {
+            if ((i >= job->n_files ? durable_sync_dir(job->paths[i]) : durable_sync_file(job->paths[i])) < 0) {
                 job->failed = errno ? errno : EIO;
                 job->failed_path = strdup(job->paths[i]);
             }
