@@ -2,7 +2,9 @@
  * cqrs-bench — throughput and latency of cqrsd, as a user would see them.
  *
  *   cqrs-bench [--socket PATH | --spawn] [--connections N] [--depth D]
- *              [--commands N] [--aggregates A] [--json] SCENARIO...
+ *              [--commands N] [--aggregates A] [--kills K] [--events N]
+ *              [--journal-mb MB] [--fsync always|batch|never] [--json]
+ *              SCENARIO...
  *
  * Scenarios:
  *   sync       1 connection, 1 request in flight
@@ -11,11 +13,35 @@
  *              100): time from the kill to the first answered command on a
  *              small wallet (its replay included), beside the time to
  *              posix_spawn and reap a trivial program, measured in the same run
- * Each sends TopUp amount=1 to wallets picked at random among A (default
- * 1,000) through the project's client library, one thread per connection,
- * and prints commands/s and latency percentiles over every request.
- * --spawn starts its own cqrsd on a temporary directory (removed after).
+ *   replay     (--spawn only) a wallet log of --events records (default
+ *              1,000,000 TopUps of 1) is written straight into the data
+ *              directory before cqrsd starts (snapshot_every = 0); the first
+ *              STATE query of that wallet replays all of it. Median of 3, the
+ *              wallet worker RESTARTed between runs; the file was just
+ *              written, so it is read from the page cache (warm)
+ *   snapshot   (--spawn only) the same wallet, cqrsd restarted with
+ *              snapshot_every = 1: one TopUp writes a snapshot, then the
+ *              first STATE query after each of 3 RESTARTs of the worker
+ *              loads it (median)
+ *   journal    the pipelined load with fsync = always (its own cqrsd with
+ *              --spawn): commands/s, journal fdatasyncs/s and commands per
+ *              sync, from the worker's counters in STATUS before and after
+ *   recovery   (--spawn only) no checkpoint (checkpoint_ms = 3600000): the
+ *              pipelined load (256 in flight) until the wallet journal holds
+ *              --journal-mb MB (default 1,024), then SIGKILL the wallet
+ *              worker and time from the kill to the first OK TopUp: the
+ *              journal recovery of every unchecked event included
+ * The loads send TopUp amount=1 to wallets picked at random among A (default
+ * 1,000) through the project's client library, one thread per connection.
+ * sync, pipelined and journal print commands/s and latency percentiles over
+ * every request. --spawn starts its own cqrsd on a temporary directory
+ * (removed after): one shared by sync, pipelined and restart (fsync from
+ * --fsync, default always), one for replay and snapshot, one for journal,
+ * one for recovery; every spawned cqrsd heartbeats every 100 ms, so the
+ * counters in STATUS are fresh 300 ms after a load. Nothing is asserted:
+ * the program prints figures (warnings on stderr).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -23,31 +49,35 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "client.h"
+#include "evlog.h"
+#include "layout.h"
 #include "wallet.pb-c.h"
+
+#define BENCH_HEARTBEAT_MS 100       /* heartbeat_ms of every spawned cqrsd */
+#define DEFAULT_HEARTBEAT_MS 1000    /* assumed of a cqrsd we did not start */
+#define DEFAULT_START_TIMEOUT_MS 5000
+#define DEFAULT_HEARTBEAT_TIMEOUT_MS 3000
+#define LOAD_RUNS 3                  /* replay and snapshot: median of this many */
+#define REPLAY_ID "replay-w"
+#define RECOVERY_IN_FLIGHT 256
+#define RECOVERY_PROBE "recovery-probe"
 
 struct bench {
     const char *socket;
     unsigned connections, depth, aggregates, kills;
-    unsigned long commands;
-    int json;
-};
-
-struct worker_arg {
-    const struct bench *b;
-    unsigned index;
-    unsigned long commands;
-    unsigned depth;
-    double *lat_us;          /* one per command */
-    unsigned long failed;
-    int error;
+    unsigned long commands, events, journal_mb;
+    const char *fsync;
+    int json, spawn;
 };
 
 static double now_s(void)
@@ -57,105 +87,17 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static void *bench_conn(void *p)
+static void sleep_ms(unsigned ms)
 {
-    struct worker_arg *w = p;
-    struct cqrs_client *c = cqrs_client_connect(w->b->socket);
-    if (!c) {
-        w->error = errno;
-        return NULL;
-    }
-    uint8_t payload[16];
-    Wallet__TopUp t = WALLET__TOP_UP__INIT;
-    t.amount = 1;
-    size_t plen = wallet__top_up__pack(&t, payload);
-    unsigned seed = 12345u + w->index;
-    double *sent = calloc(w->depth, sizeof *sent);
-    uint64_t *ids = calloc(w->depth, sizeof *ids);
-    unsigned long issued = 0, done = 0;
-    char id[32];
-    Cqrs__Request req = CQRS__REQUEST__INIT;
-    Cqrs__Command cmd = CQRS__COMMAND__INIT;
-    req.body_case = CQRS__REQUEST__BODY_COMMAND;
-    req.command = &cmd;
-    cmd.aggregate_type = "wallet";
-    cmd.aggregate_id = id;
-    cmd.name = "TopUp";
-    cmd.payload.data = payload;
-    cmd.payload.len = plen;
-    while (done < w->commands) {
-        while (issued < w->commands && issued - done < w->depth) {
-            snprintf(id, sizeof id, "bench-%u", (unsigned)(rand_r(&seed) % w->b->aggregates));
-            uint64_t rid;
-            if (cqrs_client_send(c, &req, &rid) < 0) {
-                w->error = errno;
-                goto out;
-            }
-            sent[rid % w->depth] = now_s();
-            ids[rid % w->depth] = rid;
-            issued++;
-        }
-        Cqrs__Reply *r;
-        if (cqrs_client_recv_any(c, &r) < 0) {
-            w->error = errno;
-            goto out;
-        }
-        w->lat_us[done++] = (now_s() - sent[r->id % w->depth]) * 1e6;
-        if (r->status != CQRS__STATUS__OK)
-            w->failed++;
-        cqrs__reply__free_unpacked(r, NULL);
-    }
-out:
-    free(sent);
-    free(ids);
-    cqrs_client_free(c);
-    return NULL;
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
 }
 
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
-}
-
-static int run_scenario(const struct bench *b, const char *name, unsigned conns, unsigned depth)
-{
-    unsigned long per = b->commands / conns;
-    struct worker_arg *w = calloc(conns, sizeof *w);
-    pthread_t *th = calloc(conns, sizeof *th);
-    double *lat = calloc(per * conns, sizeof *lat);
-    for (unsigned i = 0; i < conns; i++)
-        w[i] = (struct worker_arg){ b, i, per, depth, lat + per * i, 0, 0 };
-    double t0 = now_s();
-    for (unsigned i = 0; i < conns; i++)
-        pthread_create(&th[i], NULL, bench_conn, &w[i]);
-    unsigned long failed = 0;
-    int error = 0;
-    for (unsigned i = 0; i < conns; i++) {
-        pthread_join(th[i], NULL);
-        failed += w[i].failed;
-        if (w[i].error)
-            error = w[i].error;
-    }
-    double secs = now_s() - t0;
-    if (error) {
-        fprintf(stderr, "cqrs-bench: %s: %s\n", name, strerror(error));
-        free(w), free(th), free(lat);
-        return -1;
-    }
-    unsigned long n = per * conns;
-    qsort(lat, n, sizeof *lat, cmp_double);
-    double p50 = lat[n / 2], p99 = lat[(size_t)(n * 0.99)], p999 = lat[(size_t)(n * 0.999)];
-    if (b->json)
-        printf("{\"scenario\":\"%s\",\"connections\":%u,\"depth\":%u,\"commands\":%lu,"
-               "\"failed\":%lu,\"seconds\":%.3f,\"commands_per_s\":%.0f,\"p50_us\":%.1f,"
-               "\"p99_us\":%.1f,\"p999_us\":%.1f}\n",
-               name, conns, depth, n, failed, secs, n / secs, p50, p99, p999);
-    else
-        printf("%-10s %5u %5u %9lu %7lu %8.3f %12.0f %9.1f %9.1f %9.1f\n", name, conns, depth, n,
-               failed, secs, n / secs, p50, p99, p999);
-    free(w), free(th), free(lat);
-    return failed ? -1 : 0;
 }
 
 static double percentile(double *v, size_t n, double q)
@@ -165,19 +107,385 @@ static double percentile(double *v, size_t n, double q)
     return v[i < n ? i : n - 1];
 }
 
+static size_t pack_top_up(uint8_t *buf)
+{
+    Wallet__TopUp t = WALLET__TOP_UP__INIT;
+    t.amount = 1;
+    return wallet__top_up__pack(&t, buf);
+}
+
+/* ---- a cqrsd of our own ---------------------------------------------------- */
+
+struct daemon {
+    char dir[64], sock[128], data[128], conf[128], log[128];
+    pid_t pid;                  /* 0: not running */
+};
+
+struct daemon_conf {
+    const char *fsync;
+    int snapshot_every;         /* < 0: the default */
+    unsigned checkpoint_ms;     /* 0: the default */
+    unsigned start_timeout_ms;  /* 0: the default */
+    unsigned heartbeat_timeout_ms;   /* 0: the default */
+};
+
+/* A fresh temporary directory for a daemon (nothing started). */
+static int daemon_init(struct daemon *d)
+{
+    memset(d, 0, sizeof *d);
+    snprintf(d->dir, sizeof d->dir, "/tmp/cqrs-bench.XXXXXX");
+    if (!mkdtemp(d->dir)) {
+        d->dir[0] = '\0';
+        return -1;
+    }
+    snprintf(d->sock, sizeof d->sock, "%s/cqrsd.sock", d->dir);
+    snprintf(d->data, sizeof d->data, "%s/data", d->dir);
+    snprintf(d->conf, sizeof d->conf, "%s/cqrsd.conf", d->dir);
+    snprintf(d->log, sizeof d->log, "%s/cqrsd.log", d->dir);
+    return 0;
+}
+
+static int daemon_configure(const struct daemon *d, const struct daemon_conf *dc)
+{
+    FILE *f = fopen(d->conf, "w");
+    if (!f)
+        return -1;
+    /* the restart scenario kills the worker on purpose, many times */
+    fprintf(f, "[supervisor]\nintensity = 1000\nperiod = 1\nheartbeat_ms = %u\n",
+            BENCH_HEARTBEAT_MS);
+    if (dc->start_timeout_ms)
+        fprintf(f, "start_timeout_ms = %u\n", dc->start_timeout_ms);
+    if (dc->heartbeat_timeout_ms)
+        fprintf(f, "heartbeat_timeout_ms = %u\n", dc->heartbeat_timeout_ms);
+    fprintf(f, "[storage]\nfsync = %s\n", dc->fsync);
+    if (dc->snapshot_every >= 0)
+        fprintf(f, "snapshot_every = %d\n", dc->snapshot_every);
+    if (dc->checkpoint_ms)
+        fprintf(f, "checkpoint_ms = %u\n", dc->checkpoint_ms);
+    fputs("[child wallet]\n[child account]\n", f);
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+static void daemon_show_log(const struct daemon *d)
+{
+    FILE *f = fopen(d->log, "r");
+    if (!f)
+        return;
+    fprintf(stderr, "cqrs-bench: cqrsd's log:\n");
+    char line[512];
+    while (fgets(line, sizeof line, f))
+        fprintf(stderr, "  %s", line);
+    fclose(f);
+}
+
+/* Starts cqrsd on d's configuration and data; waits until it accepts. */
+static int daemon_start(struct daemon *d)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        if (!freopen(d->log, "a", stderr))
+            _exit(127);
+        execl(CQRSD_PATH, "cqrsd", "--config", d->conf, "--socket", d->sock, "--data-dir",
+              d->data, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 500; i++) {   /* up to 10 s for the workers to start */
+        struct cqrs_client *c = cqrs_client_connect(d->sock);
+        if (c) {
+            cqrs_client_free(c);
+            d->pid = pid;
+            return 0;
+        }
+        if (waitpid(pid, NULL, WNOHANG) == pid) {
+            daemon_show_log(d);
+            return -1;
+        }
+        sleep_ms(20);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    daemon_show_log(d);
+    return -1;
+}
+
+static void daemon_stop(struct daemon *d)
+{
+    if (d->pid > 0) {
+        kill(d->pid, SIGTERM);
+        waitpid(d->pid, NULL, 0);
+        d->pid = 0;
+    }
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st, (void)flag, (void)f;
+    return remove(path);
+}
+
+static void daemon_destroy(struct daemon *d)
+{
+    daemon_stop(d);
+    if (d->dir[0])
+        nftw(d->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    d->dir[0] = '\0';
+}
+
+/* Starts a daemon on a fresh directory with `dc`. */
+static int daemon_spawn(struct daemon *d, const struct daemon_conf *dc)
+{
+    if (daemon_init(d) < 0 || daemon_configure(d, dc) < 0 || daemon_start(d) < 0) {
+        fprintf(stderr, "cqrs-bench: could not start cqrsd\n");
+        daemon_destroy(d);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- STATUS ------------------------------------------------------------------ */
+
+struct child_status {
+    pid_t pid;
+    int running;
+    uint64_t batches, events, journal_syncs, position, checkpoint;
+};
+
+static int child_status(struct cqrs_client *c, const char *name, struct child_status *out)
+{
+    Cqrs__Reply *r;
+    memset(out, 0, sizeof *out);
+    if (cqrs_client_control(c, CQRS__CONTROL__OP__STATUS, NULL, &r) < 0)
+        return -1;
+    for (size_t i = 0; i < r->n_children; i++) {
+        const Cqrs__ChildInfo *ci = r->children[i];
+        if (strcmp(ci->name, name) != 0)
+            continue;
+        out->pid = ci->pid;
+        out->running = strcmp(ci->state, "running") == 0;
+        if (ci->stats) {
+            out->batches = ci->stats->batches;
+            out->events = ci->stats->events;
+            out->journal_syncs = ci->stats->journal_syncs;
+            out->position = ci->stats->position;
+            out->checkpoint = ci->stats->checkpoint;
+        }
+    }
+    cqrs__reply__free_unpacked(r, NULL);
+    return 0;
+}
+
 /* The pid of child `name` from STATUS, 0 if it is not running. */
 static pid_t child_pid(struct cqrs_client *c, const char *name)
 {
-    Cqrs__Reply *r;
-    pid_t pid = 0;
-    if (cqrs_client_control(c, CQRS__CONTROL__OP__STATUS, NULL, &r) < 0)
+    struct child_status st;
+    if (child_status(c, name, &st) < 0 || !st.running)
         return 0;
-    for (size_t i = 0; i < r->n_children; i++)
-        if (strcmp(r->children[i]->name, name) == 0 && strcmp(r->children[i]->state, "running") == 0)
-            pid = r->children[i]->pid;
-    cqrs__reply__free_unpacked(r, NULL);
-    return pid;
+    return st.pid;
 }
+
+/* Waits until child `name` runs with a pid other than `old`: the pid, or 0
+ * after `timeout_ms`. */
+static pid_t wait_running(struct cqrs_client *c, const char *name, pid_t old, unsigned timeout_ms)
+{
+    for (unsigned waited = 0; waited <= timeout_ms; waited += 2) {
+        pid_t pid = child_pid(c, name);
+        if (pid && pid != old)
+            return pid;
+        sleep_ms(2);
+    }
+    return 0;
+}
+
+/* ---- the load: TopUps over connections x depth ----------------------------- */
+
+struct load {
+    const char *socket;
+    const char *prefix;          /* wallet ids: <prefix><n>, n < aggregates */
+    unsigned aggregates, conns, depth;
+    unsigned long per_conn;      /* commands per connection; 0: until `stop` */
+    atomic_int stop;
+    atomic_uint active;          /* connections still working */
+    atomic_ulong done;           /* answered commands, every connection */
+};
+
+struct worker_arg {
+    struct load *l;
+    unsigned index;
+    double *lat_us;              /* one per command, or NULL */
+    unsigned long done, failed;
+    int error;
+};
+
+struct load_result {
+    unsigned long commands, failed;
+    double secs;
+    double *lat_us;              /* sorted, `commands` of them; NULL for open loads */
+};
+
+static void *bench_conn(void *p)
+{
+    struct worker_arg *w = p;
+    struct load *l = w->l;
+    struct cqrs_client *c = cqrs_client_connect(l->socket);
+    double *sent = calloc(l->depth, sizeof *sent);
+    if (!c || !sent) {
+        w->error = errno ? errno : ENOMEM;
+        goto out;
+    }
+    uint8_t payload[16];
+    size_t plen = pack_top_up(payload);
+    unsigned seed = 12345u + w->index;
+    unsigned long issued = 0;
+    char id[64];
+    Cqrs__Request req = CQRS__REQUEST__INIT;
+    Cqrs__Command cmd = CQRS__COMMAND__INIT;
+    req.body_case = CQRS__REQUEST__BODY_COMMAND;
+    req.command = &cmd;
+    cmd.aggregate_type = "wallet";
+    cmd.aggregate_id = id;
+    cmd.name = "TopUp";
+    cmd.payload.data = payload;
+    cmd.payload.len = plen;
+    for (;;) {
+        int more = l->per_conn ? issued < l->per_conn : !atomic_load(&l->stop);
+        while (more && issued - w->done < l->depth) {
+            snprintf(id, sizeof id, "%s%u", l->prefix, (unsigned)(rand_r(&seed) % l->aggregates));
+            uint64_t rid;
+            if (cqrs_client_send(c, &req, &rid) < 0) {
+                w->error = errno;
+                goto out;
+            }
+            sent[rid % l->depth] = now_s();   /* ids are consecutive: no two in flight alike */
+            issued++;
+            if (l->per_conn)
+                more = issued < l->per_conn;
+        }
+        if (w->done == issued)
+            break;   /* nothing more to send, nothing in flight */
+        Cqrs__Reply *r;
+        if (cqrs_client_recv_any(c, &r) < 0) {
+            w->error = errno;
+            goto out;
+        }
+        double lat = (now_s() - sent[r->id % l->depth]) * 1e6;
+        if (w->lat_us)
+            w->lat_us[w->done] = lat;
+        w->done++;
+        atomic_fetch_add(&l->done, 1);
+        if (r->status != CQRS__STATUS__OK)
+            w->failed++;
+        cqrs__reply__free_unpacked(r, NULL);
+    }
+out:
+    free(sent);
+    cqrs_client_free(c);
+    atomic_fetch_sub(&l->active, 1);
+    return NULL;
+}
+
+static void load_init(struct load *l, const char *socket, const char *prefix, unsigned aggregates,
+                      unsigned conns, unsigned depth, unsigned long per_conn)
+{
+    l->socket = socket;
+    l->prefix = prefix;
+    l->aggregates = aggregates;
+    l->conns = conns;
+    l->depth = depth;
+    l->per_conn = per_conn;
+    atomic_init(&l->stop, 0);
+    atomic_init(&l->active, conns);
+    atomic_init(&l->done, 0);
+}
+
+/* Runs `l`; `watch` (may be NULL) runs in this thread meanwhile and must set
+ * l->stop for an open load (per_conn 0). Fills `res` (free res->lat_us). */
+static int run_load(struct load *l, void (*watch)(struct load *, void *), void *arg,
+                    struct load_result *res, const char *name)
+{
+    memset(res, 0, sizeof *res);
+    struct worker_arg *w = calloc(l->conns, sizeof *w);
+    pthread_t *th = calloc(l->conns, sizeof *th);
+    double *lat = l->per_conn ? calloc(l->per_conn * l->conns, sizeof *lat) : NULL;
+    if (!w || !th || (l->per_conn && !lat)) {
+        free(w), free(th), free(lat);
+        fprintf(stderr, "cqrs-bench: %s: out of memory\n", name);
+        return -1;
+    }
+    unsigned started = 0;
+    int error = 0;
+    double t0 = now_s();
+    for (unsigned i = 0; i < l->conns; i++) {
+        w[i] = (struct worker_arg){ l, i, lat ? lat + l->per_conn * i : NULL, 0, 0, 0 };
+        int e = pthread_create(&th[i], NULL, bench_conn, &w[i]);
+        if (e) {
+            error = e;
+            atomic_store(&l->stop, 1);
+            atomic_fetch_sub(&l->active, l->conns - i);
+            break;
+        }
+        started++;
+    }
+    if (watch && !error)
+        watch(l, arg);
+    atomic_store(&l->stop, 1);
+    for (unsigned i = 0; i < started; i++) {
+        pthread_join(th[i], NULL);
+        res->commands += w[i].done;
+        res->failed += w[i].failed;
+        if (w[i].error)
+            error = w[i].error;
+    }
+    res->secs = now_s() - t0;
+    free(w), free(th);
+    if (error) {
+        fprintf(stderr, "cqrs-bench: %s: %s\n", name, strerror(error));
+        free(lat);
+        return -1;
+    }
+    if (lat)
+        qsort(lat, res->commands, sizeof *lat, cmp_double);
+    res->lat_us = lat;
+    return 0;
+}
+
+static void print_table_header(const struct bench *b)
+{
+    static int printed;
+    if (b->json || printed)
+        return;
+    printed = 1;
+    printf("%-10s %5s %5s %9s %7s %8s %12s %9s %9s %9s\n", "scenario", "conns", "depth",
+           "commands", "failed", "seconds", "commands/s", "p50_us", "p99_us", "p999_us");
+}
+
+static int run_scenario(const struct bench *b, const char *name, unsigned conns, unsigned depth)
+{
+    struct load l;
+    struct load_result res;
+    load_init(&l, b->socket, "bench-", b->aggregates, conns, depth, b->commands / conns);
+    if (run_load(&l, NULL, NULL, &res, name) < 0)
+        return -1;
+    unsigned long n = res.commands;
+    double *lat = res.lat_us;
+    double p50 = lat[n / 2], p99 = lat[(size_t)(n * 0.99)], p999 = lat[(size_t)(n * 0.999)];
+    if (b->json)
+        printf("{\"scenario\":\"%s\",\"connections\":%u,\"depth\":%u,\"commands\":%lu,"
+               "\"failed\":%lu,\"seconds\":%.3f,\"commands_per_s\":%.0f,\"p50_us\":%.1f,"
+               "\"p99_us\":%.1f,\"p999_us\":%.1f}\n",
+               name, conns, depth, n, res.failed, res.secs, n / res.secs, p50, p99, p999);
+    else {
+        print_table_header(b);
+        printf("%-10s %5u %5u %9lu %7lu %8.3f %12.0f %9.1f %9.1f %9.1f\n", name, conns, depth, n,
+               res.failed, res.secs, n / res.secs, p50, p99, p999);
+    }
+    fflush(stdout);
+    free(lat);
+    return res.failed ? -1 : 0;
+}
+
+/* ---- restart ------------------------------------------------------------------- */
 
 /* Time to posix_spawn /bin/true and reap it: what any restart costs at least. */
 static double spawn_once_us(void)
@@ -201,9 +509,7 @@ static int run_restart(const struct bench *b)
     }
     cqrs_client_set_retries(c, 0);   /* retried here, at once, to time the restart */
     uint8_t payload[16];
-    Wallet__TopUp t = WALLET__TOP_UP__INIT;
-    t.amount = 1;
-    size_t plen = wallet__top_up__pack(&t, payload);
+    size_t plen = pack_top_up(payload);
     Cqrs__Reply *r;
     for (int i = 0; i < 10; i++) {   /* a small stream to replay after each kill */
         if (cqrs_client_command(c, "wallet", "restart-w", "TopUp", payload, plen, NULL, -1, &r) < 0)
@@ -211,6 +517,11 @@ static int run_restart(const struct bench *b)
         cqrs__reply__free_unpacked(r, NULL);
     }
     double *lat = calloc(b->kills, sizeof *lat), *spawn = calloc(b->kills, sizeof *spawn);
+    if (!lat || !spawn) {
+        free(lat), free(spawn);
+        errno = ENOMEM;
+        goto fail;
+    }
     unsigned long retries = 0;
     for (unsigned k = 0; k < b->kills; k++) {
         pid_t pid = 0;
@@ -247,6 +558,7 @@ static int run_restart(const struct bench *b)
         printf("restart    kills %u: kill -> first answered command p50 %.3f ms, p99 %.3f ms; "
                "bare posix_spawn+wait of /bin/true p50 %.1f us; %lu UNAVAILABLE retries\n",
                b->kills, p50 / 1000, p99 / 1000, s50, retries);
+    fflush(stdout);
     free(lat), free(spawn);
     cqrs_client_free(c);
     return 0;
@@ -256,120 +568,608 @@ fail:
     return -1;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
+/* ---- replay and snapshot --------------------------------------------------- */
+
+/* The data directory with REPLAY_ID's log, shared by replay and snapshot. */
+struct fixture {
+    struct daemon d;
+    int ready;
+    unsigned long events;        /* in the stream now (= its balance) */
+};
+
+static int write_all(int fd, const uint8_t *p, size_t len)
 {
-    (void)st, (void)flag, (void)f;
-    return remove(path);
+    while (len) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
 }
 
-static pid_t spawn_daemon(char *dir, size_t dlen, char *sock, size_t slen)
+static int mkdir_ok(const char *path)
 {
-    snprintf(dir, dlen, "/tmp/cqrs-bench.XXXXXX");
-    if (!mkdtemp(dir))
-        return -1;
-    snprintf(sock, slen, "%s/cqrsd.sock", dir);
-    char data[300], conf[300];
-    snprintf(data, sizeof data, "%s/data", dir);
-    snprintf(conf, sizeof conf, "%s/cqrsd.conf", dir);
-    FILE *f = fopen(conf, "w");
-    if (!f)
-        return -1;
-    /* the restart scenario kills the worker on purpose, many times */
-    fputs("[supervisor]\nintensity = 1000\nperiod = 1\n[child wallet]\n[child account]\n", f);
-    fclose(f);
-    pid_t pid = fork();
-    if (pid == 0) {
-        char log[300];
-        snprintf(log, sizeof log, "%s/cqrsd.log", dir);
-        if (!freopen(log, "w", stderr))
-            _exit(127);
-        execl(CQRSD_PATH, "cqrsd", "--config", conf, "--socket", sock, "--data-dir", data,
-              (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {   /* up to 10 s for the workers to start */
-        struct cqrs_client *c = cqrs_client_connect(sock);
-        if (c) {
-            cqrs_client_free(c);
-            return pid;
-        }
-        usleep(20000);
-    }
-    kill(pid, SIGKILL);
-    return -1;
+    return mkdir(path, 0700) == 0 || errno == EEXIST ? 0 : -1;
 }
+
+/* Writes `n` WalletToppedUp{i-1 -> i} records, versions 1..n, as the log of
+ * `id` under `type_dir`. Returns the file's size, or -1 with errno. */
+static off_t write_wallet_log(const char *type_dir, const char *id, unsigned long n)
+{
+    char dir[256], path[300];
+    layout_shard_dir(dir, sizeof dir, type_dir, id);
+    layout_stream_file(path, sizeof path, type_dir, id, ".log");
+    if (mkdir_ok(type_dir) < 0 || mkdir_ok(dir) < 0)
+        return -1;
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    uint8_t *buf = NULL, data[32];
+    size_t len = 0, cap = 0;
+    off_t size = EVLOG_MAGIC_LEN;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t stamp = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    Cqrs__EventRecord rec = CQRS__EVENT_RECORD__INIT;
+    Wallet__WalletToppedUp ev = WALLET__WALLET_TOPPED_UP__INIT;
+    rec.type = "WalletToppedUp";
+    rec.data.data = data;
+    int rc = write_all(fd, (const uint8_t *)EVLOG_MAGIC, EVLOG_MAGIC_LEN);
+    for (unsigned long i = 1; rc == 0 && i <= n; i++) {
+        ev.from = (int64_t)i - 1;
+        ev.to = (int64_t)i;
+        rec.data.len = wallet__wallet_topped_up__pack(&ev, data);
+        rec.version = i;
+        rec.timestamp_us = stamp;
+        if (evlog_encode(&rec, &buf, &len, &cap) < 0)
+            rc = -1;
+        else if (len >= (1u << 20) || i == n) {
+            rc = write_all(fd, buf, len);
+            size += (off_t)len;
+            len = 0;
+        }
+    }
+    int e = errno;
+    free(buf);
+    if (close(fd) < 0 && rc == 0)
+        return -1;
+    errno = e;
+    return rc < 0 ? -1 : size;
+}
+
+static int fixture_prepare(const struct bench *b, struct fixture *fx, const char *name)
+{
+    if (fx->ready)
+        return 0;
+    char type_dir[160];
+    if (daemon_init(&fx->d) < 0 || mkdir_ok(fx->d.data) < 0) {
+        fprintf(stderr, "cqrs-bench: %s: %s\n", name, strerror(errno));
+        return -1;
+    }
+    snprintf(type_dir, sizeof type_dir, "%s/wallet", fx->d.data);
+    double t0 = now_s();
+    off_t size = write_wallet_log(type_dir, REPLAY_ID, b->events);
+    if (size < 0) {
+        fprintf(stderr, "cqrs-bench: %s: cannot write the log of %s: %s\n", name, REPLAY_ID,
+                strerror(errno));
+        return -1;
+    }
+    fprintf(stderr, "cqrs-bench: %s: wrote %lu events of %s (%.1f MB) in %.2f s\n", name,
+            b->events, REPLAY_ID, size / 1048576.0, now_s() - t0);
+    fx->events = b->events;
+    fx->ready = 1;
+    return 0;
+}
+
+/* The balance in a STATE reply, or -1 when it does not decode. */
+static int64_t reply_balance(const Cqrs__Reply *r)
+{
+    Wallet__WalletState *s = wallet__wallet_state__unpack(NULL, r->state.len, r->state.data);
+    if (!s)
+        return -1;
+    int64_t balance = s->balance;
+    wallet__wallet_state__free_unpacked(s, NULL);
+    return balance;
+}
+
+/* Times the first STATE query of REPLAY_ID after each of LOAD_RUNS starts of
+ * the wallet worker (a RESTART before each run but the first, unless
+ * `restart_first`). ms[] gets the times. */
+static int time_loads(struct fixture *fx, const char *name, int restart_first, double *ms)
+{
+    struct cqrs_client *c = cqrs_client_connect(fx->d.sock);
+    if (!c) {
+        fprintf(stderr, "cqrs-bench: %s: %s\n", name, strerror(errno));
+        return -1;
+    }
+    int rc = -1;
+    for (int i = 0; i < LOAD_RUNS; i++) {
+        pid_t pid = wait_running(c, "wallet", 0, 30000);
+        if (!pid) {
+            fprintf(stderr, "cqrs-bench: %s: the wallet worker is not running\n", name);
+            goto out;
+        }
+        if (i > 0 || restart_first) {
+            Cqrs__Reply *r;
+            if (cqrs_client_control(c, CQRS__CONTROL__OP__RESTART, "wallet", &r) < 0) {
+                fprintf(stderr, "cqrs-bench: %s: RESTART: %s\n", name, strerror(errno));
+                goto out;
+            }
+            int ok = r->status == CQRS__STATUS__OK;
+            if (!ok)
+                fprintf(stderr, "cqrs-bench: %s: RESTART: %s: %s\n", name,
+                        cqrs_status_name(r->status), r->error);
+            cqrs__reply__free_unpacked(r, NULL);
+            if (!ok)
+                goto out;
+            if (!wait_running(c, "wallet", pid, 60000)) {
+                fprintf(stderr, "cqrs-bench: %s: the wallet worker did not come back\n", name);
+                goto out;
+            }
+        }
+        sleep_ms(200);   /* its new standby worker is being started: let that settle */
+        Cqrs__Reply *r;
+        double t0 = now_s();
+        if (cqrs_client_state(c, "wallet", REPLAY_ID, &r) < 0) {
+            fprintf(stderr, "cqrs-bench: %s: STATE: %s\n", name, strerror(errno));
+            goto out;
+        }
+        ms[i] = (now_s() - t0) * 1e3;
+        int64_t balance = r->status == CQRS__STATUS__OK ? reply_balance(r) : -1;
+        if (r->status != CQRS__STATUS__OK)
+            fprintf(stderr, "cqrs-bench: %s: warning: STATE of %s answered %s: %s\n", name,
+                    REPLAY_ID, cqrs_status_name(r->status), r->error);
+        else if (balance != (int64_t)fx->events || r->version != fx->events)
+            fprintf(stderr, "cqrs-bench: %s: warning: %s has balance %lld at version %llu, "
+                    "expected %lu at %lu\n", name, REPLAY_ID, (long long)balance,
+                    (unsigned long long)r->version, fx->events, fx->events);
+        int ok = r->status == CQRS__STATUS__OK;
+        cqrs__reply__free_unpacked(r, NULL);
+        if (!ok)
+            goto out;
+    }
+    rc = 0;
+out:
+    cqrs_client_free(c);
+    return rc;
+}
+
+static double median3(double *v)
+{
+    return percentile(v, LOAD_RUNS, 0.5);
+}
+
+/* The replaying worker answers no heartbeat: give it room, and say so when
+ * the default would have been exceeded. */
+static void note_heartbeat(const char *name, double ms)
+{
+    if (ms > DEFAULT_HEARTBEAT_TIMEOUT_MS)
+        fprintf(stderr, "cqrs-bench: %s: note: %.0f ms without answering heartbeats; the "
+                "default heartbeat_timeout_ms (%d) would have killed the worker\n", name, ms,
+                DEFAULT_HEARTBEAT_TIMEOUT_MS);
+}
+
+static int run_replay(const struct bench *b, struct fixture *fx)
+{
+    if (fixture_prepare(b, fx, "replay") < 0)
+        return -1;
+    char type_dir[160], snap[300];
+    snprintf(type_dir, sizeof type_dir, "%s/wallet", fx->d.data);
+    layout_stream_file(snap, sizeof snap, type_dir, REPLAY_ID, ".snap");
+    unlink(snap);   /* left by an earlier snapshot scenario: replay everything */
+    struct daemon_conf dc = { .fsync = b->fsync, .snapshot_every = 0,
+                              .heartbeat_timeout_ms = 600000 };
+    double ms[LOAD_RUNS];
+    if (daemon_configure(&fx->d, &dc) < 0 || daemon_start(&fx->d) < 0) {
+        fprintf(stderr, "cqrs-bench: replay: could not start cqrsd\n");
+        return -1;
+    }
+    int rc = time_loads(fx, "replay", 0, ms);
+    daemon_stop(&fx->d);
+    if (rc < 0)
+        return -1;
+    double med = median3(ms);
+    note_heartbeat("replay", ms[LOAD_RUNS - 1]);
+    double eps = fx->events / (med / 1e3);
+    if (b->json)
+        printf("{\"scenario\":\"replay\",\"events\":%lu,\"runs\":%d,\"cache\":\"warm\","
+               "\"replay_ms\":%.1f,\"min_ms\":%.1f,\"max_ms\":%.1f,\"events_per_s\":%.0f}\n",
+               fx->events, LOAD_RUNS, med, ms[0], ms[LOAD_RUNS - 1], eps);
+    else
+        printf("replay     %lu events, first STATE (full replay, page cache warm): replay_ms "
+               "%.1f (median of %d; %.1f .. %.1f), events_per_s %.0f\n",
+               fx->events, med, LOAD_RUNS, ms[0], ms[LOAD_RUNS - 1], eps);
+    fflush(stdout);
+    return 0;
+}
+
+static int run_snapshot(const struct bench *b, struct fixture *fx)
+{
+    if (fixture_prepare(b, fx, "snapshot") < 0)
+        return -1;
+    struct daemon_conf dc = { .fsync = b->fsync, .snapshot_every = 1,
+                              .heartbeat_timeout_ms = 600000 };
+    if (daemon_configure(&fx->d, &dc) < 0 || daemon_start(&fx->d) < 0) {
+        fprintf(stderr, "cqrs-bench: snapshot: could not start cqrsd\n");
+        return -1;
+    }
+    int rc = -1;
+    double first_ms = 0, ms[LOAD_RUNS];
+    struct cqrs_client *c = cqrs_client_connect(fx->d.sock);
+    if (!c) {
+        fprintf(stderr, "cqrs-bench: snapshot: %s\n", strerror(errno));
+        goto out;
+    }
+    if (!wait_running(c, "wallet", 0, 30000)) {
+        fprintf(stderr, "cqrs-bench: snapshot: the wallet worker is not running\n");
+        goto out;
+    }
+    /* loads the stream by full replay, appends one event, writes the snapshot */
+    uint8_t payload[16];
+    size_t plen = pack_top_up(payload);
+    Cqrs__Reply *r;
+    double t0 = now_s();
+    if (cqrs_client_command(c, "wallet", REPLAY_ID, "TopUp", payload, plen, NULL, -1, &r) < 0) {
+        fprintf(stderr, "cqrs-bench: snapshot: TopUp: %s\n", strerror(errno));
+        goto out;
+    }
+    first_ms = (now_s() - t0) * 1e3;
+    int ok = r->status == CQRS__STATUS__OK;
+    if (!ok)
+        fprintf(stderr, "cqrs-bench: snapshot: TopUp of %s answered %s: %s\n", REPLAY_ID,
+                cqrs_status_name(r->status), r->error);
+    else
+        fx->events = r->version;
+    cqrs__reply__free_unpacked(r, NULL);
+    if (!ok)
+        goto out;
+    char type_dir[160], snap[300];
+    struct stat st;
+    snprintf(type_dir, sizeof type_dir, "%s/wallet", fx->d.data);
+    layout_stream_file(snap, sizeof snap, type_dir, REPLAY_ID, ".snap");
+    if (stat(snap, &st) < 0)
+        fprintf(stderr, "cqrs-bench: snapshot: warning: no snapshot at %s (%s)\n", snap,
+                strerror(errno));
+    cqrs_client_free(c);
+    c = NULL;
+    if (time_loads(fx, "snapshot", 1, ms) < 0)
+        goto out;
+    double med = median3(ms);
+    if (b->json)
+        printf("{\"scenario\":\"snapshot\",\"events\":%lu,\"runs\":%d,\"snapshot_load_ms\":%.3f,"
+               "\"min_ms\":%.3f,\"max_ms\":%.3f,\"first_command_ms\":%.1f}\n",
+               fx->events, LOAD_RUNS, med, ms[0], ms[LOAD_RUNS - 1], first_ms);
+    else
+        printf("snapshot   %lu events, first STATE after RESTART (snapshot load): "
+               "snapshot_load_ms %.3f (median of %d; %.3f .. %.3f); the TopUp that wrote it "
+               "(full replay + snapshot) %.1f ms\n",
+               fx->events, med, LOAD_RUNS, ms[0], ms[LOAD_RUNS - 1], first_ms);
+    fflush(stdout);
+    rc = 0;
+out:
+    cqrs_client_free(c);
+    daemon_stop(&fx->d);
+    return rc;
+}
+
+/* ---- journal ------------------------------------------------------------------- */
+
+/* The wallet worker's counters, fresh: waits one heartbeat and then some. */
+static int fresh_stats(struct cqrs_client *c, unsigned heartbeat_ms, struct child_status *st,
+                       const char *name)
+{
+    sleep_ms(heartbeat_ms + 200);
+    if (child_status(c, "wallet", st) < 0) {
+        fprintf(stderr, "cqrs-bench: %s: STATUS: %s\n", name, strerror(errno));
+        return -1;
+    }
+    if (!st->running) {
+        fprintf(stderr, "cqrs-bench: %s: the wallet worker is not running\n", name);
+        return -1;
+    }
+    /* no stats in STATUS: every counter is 0 (an empty WorkerStats packs to no
+     * bytes, which cqrsd does not tell from "no heartbeat answered yet") */
+    return 0;
+}
+
+static int run_journal(const struct bench *b)
+{
+    struct daemon d = { .pid = 0 };
+    const char *sock = b->socket;
+    unsigned heartbeat_ms = DEFAULT_HEARTBEAT_MS;
+    if (b->spawn) {
+        struct daemon_conf dc = { .fsync = "always", .snapshot_every = -1 };
+        if (daemon_spawn(&d, &dc) < 0)
+            return -1;
+        sock = d.sock;
+        heartbeat_ms = BENCH_HEARTBEAT_MS;
+    }
+    int rc = -1;
+    struct cqrs_client *c = cqrs_client_connect(sock);
+    struct child_status before, after;
+    struct load l;
+    struct load_result res = { 0 };
+    if (!c) {
+        fprintf(stderr, "cqrs-bench: journal: %s\n", strerror(errno));
+        goto out;
+    }
+    if (b->spawn && !wait_running(c, "wallet", 0, 30000)) {
+        fprintf(stderr, "cqrs-bench: journal: the wallet worker is not running\n");
+        goto out;
+    }
+    if (fresh_stats(c, heartbeat_ms, &before, "journal") < 0)
+        goto out;
+    load_init(&l, sock, "bench-", b->aggregates, b->connections, b->depth,
+              b->commands / b->connections);
+    if (run_load(&l, NULL, NULL, &res, "journal") < 0)
+        goto out;
+    if (fresh_stats(c, heartbeat_ms, &after, "journal") < 0)
+        goto out;
+    if (after.pid != before.pid)
+        fprintf(stderr, "cqrs-bench: journal: warning: the wallet worker changed (pid %d -> %d) "
+                "during the load: its counters started again\n", (int)before.pid,
+                (int)after.pid);
+    unsigned long n = res.commands;
+    double *lat = res.lat_us;
+    double p50 = lat[n / 2], p99 = lat[(size_t)(n * 0.99)];
+    uint64_t syncs = after.journal_syncs - before.journal_syncs;
+    uint64_t events = after.events - before.events;
+    double per_sync = syncs ? (double)events / (double)syncs : 0;
+    if (b->json)
+        printf("{\"scenario\":\"journal\",\"connections\":%u,\"depth\":%u,\"commands\":%lu,"
+               "\"failed\":%lu,\"seconds\":%.3f,\"commands_per_s\":%.0f,\"p50_us\":%.1f,"
+               "\"p99_us\":%.1f,\"events\":%llu,\"journal_syncs\":%llu,"
+               "\"journal_syncs_per_s\":%.0f,\"commands_per_sync\":%.1f}\n",
+               l.conns, l.depth, n, res.failed, res.secs, n / res.secs, p50, p99,
+               (unsigned long long)events, (unsigned long long)syncs, syncs / res.secs, per_sync);
+    else
+        printf("journal    %u x %u, fsync always: %lu commands (%lu failed) in %.3f s: "
+               "commands_per_s %.0f, p50 %.1f us, p99 %.1f us; %llu events, %llu journal syncs: "
+               "journal_syncs_per_s %.0f, commands_per_sync %.1f\n",
+               l.conns, l.depth, n, res.failed, res.secs, n / res.secs, p50, p99,
+               (unsigned long long)events, (unsigned long long)syncs, syncs / res.secs, per_sync);
+    fflush(stdout);
+    rc = res.failed ? -1 : 0;
+out:
+    free(res.lat_us);
+    cqrs_client_free(c);
+    daemon_destroy(&d);
+    return rc;
+}
+
+/* ---- recovery ------------------------------------------------------------------ */
+
+/* Bytes of the regular files in `path` (0 when it does not exist yet). */
+static off_t dir_bytes(const char *path)
+{
+    DIR *dir = opendir(path);
+    if (!dir)
+        return 0;
+    off_t total = 0;
+    struct dirent *e;
+    while ((e = readdir(dir))) {
+        struct stat st;
+        if (e->d_name[0] == '.')
+            continue;
+        if (fstatat(dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+            total += st.st_size;
+    }
+    closedir(dir);
+    return total;
+}
+
+struct recovery_watch {
+    const char *journal;         /* the journal folder */
+    off_t target;                /* bytes */
+    double t0;
+};
+
+/* Stops the load once the journal holds `target` bytes; progress every 10%. */
+static void recovery_watch(struct load *l, void *arg)
+{
+    struct recovery_watch *rw = arg;
+    int next = 1;
+    while (atomic_load(&l->active) > 0) {
+        sleep_ms(50);
+        off_t size = dir_bytes(rw->journal);
+        int pct = (int)(size * 100 / rw->target);
+        if (pct >= next * 10) {
+            next = pct / 10 + 1;
+            fprintf(stderr, "cqrs-bench: recovery: journal %d%% (%.0f MB), %lu commands, "
+                    "%.1f s\n", pct > 100 ? 100 : pct, size / 1048576.0,
+                    (unsigned long)atomic_load(&l->done), now_s() - rw->t0);
+        }
+        if (size >= rw->target)
+            break;
+    }
+    atomic_store(&l->stop, 1);
+}
+
+static int run_recovery(const struct bench *b)
+{
+    struct daemon d;
+    /* no checkpoint while loading; a long recovery must not count as a failed start */
+    struct daemon_conf dc = { .fsync = b->fsync, .snapshot_every = -1, .checkpoint_ms = 3600000,
+                              .start_timeout_ms = 3600000 };
+    if (daemon_spawn(&d, &dc) < 0)
+        return -1;
+    int rc = -1;
+    char journal[200];
+    snprintf(journal, sizeof journal, "%s/wallet/%s", d.data, LAYOUT_JOURNAL);
+    uint8_t payload[16];
+    size_t plen = pack_top_up(payload);
+    Cqrs__Reply *r;
+    struct child_status st;
+    struct cqrs_client *c = cqrs_client_connect(d.sock);
+    if (!c) {
+        fprintf(stderr, "cqrs-bench: recovery: %s\n", strerror(errno));
+        goto out;
+    }
+    for (int i = 0; i < 10; i++) {   /* a small stream to answer after the kill */
+        if (cqrs_client_command(c, "wallet", RECOVERY_PROBE, "TopUp", payload, plen, NULL, -1,
+                                &r) < 0) {
+            fprintf(stderr, "cqrs-bench: recovery: TopUp: %s\n", strerror(errno));
+            goto out;
+        }
+        cqrs__reply__free_unpacked(r, NULL);
+    }
+    unsigned depth = RECOVERY_IN_FLIGHT / b->connections ? RECOVERY_IN_FLIGHT / b->connections : 1;
+    struct load l;
+    struct load_result res;
+    struct recovery_watch rw = { journal, (off_t)b->journal_mb << 20, now_s() };
+    load_init(&l, d.sock, "recovery-", b->aggregates, b->connections, depth, 0);
+    if (run_load(&l, recovery_watch, &rw, &res, "recovery") < 0)
+        goto out;
+    if (fresh_stats(c, BENCH_HEARTBEAT_MS, &st, "recovery") < 0)
+        goto out;
+    off_t size = dir_bytes(journal);
+    uint64_t unchecked = st.position - st.checkpoint;
+
+    cqrs_client_set_retries(c, 0);   /* retried here, at once, to time the recovery */
+    unsigned long retries = 0;
+    double t0 = now_s();
+    kill(st.pid, SIGKILL);
+    for (;;) {
+        if (cqrs_client_command(c, "wallet", RECOVERY_PROBE, "TopUp", payload, plen, NULL, -1,
+                                &r) < 0) {
+            fprintf(stderr, "cqrs-bench: recovery: TopUp: %s\n", strerror(errno));
+            goto out;
+        }
+        int ok = r->status == CQRS__STATUS__OK;
+        cqrs__reply__free_unpacked(r, NULL);
+        if (ok)
+            break;
+        retries++;
+        if (now_s() - t0 > 3600) {
+            fprintf(stderr, "cqrs-bench: recovery: no OK answer within an hour\n");
+            goto out;
+        }
+    }
+    double ms = (now_s() - t0) * 1e3;
+    if (ms > DEFAULT_START_TIMEOUT_MS)
+        fprintf(stderr, "cqrs-bench: recovery: note: %.0f ms is over the default "
+                "start_timeout_ms (%d): with it, the restarted worker would be killed before "
+                "it is ready\n", ms, DEFAULT_START_TIMEOUT_MS);
+    if (b->json)
+        printf("{\"scenario\":\"recovery\",\"connections\":%u,\"depth\":%u,\"commands\":%lu,"
+               "\"failed\":%lu,\"seconds\":%.3f,\"commands_per_s\":%.0f,\"journal_mb\":%.1f,"
+               "\"unchecked_events\":%llu,\"recovery_ms\":%.1f,\"retries\":%lu}\n",
+               l.conns, l.depth, res.commands, res.failed, res.secs, res.commands / res.secs,
+               size / 1048576.0, (unsigned long long)unchecked, ms, retries);
+    else
+        printf("recovery   journal_mb %.1f, unchecked_events %llu (loaded by %lu commands in "
+               "%.1f s, %.0f/s, fsync %s): SIGKILL -> first OK TopUp recovery_ms %.1f; %lu "
+               "retries\n", size / 1048576.0, (unsigned long long)unchecked, res.commands,
+               res.secs, res.commands / res.secs, b->fsync, ms, retries);
+    fflush(stdout);
+    rc = 0;
+out:
+    cqrs_client_free(c);
+    daemon_destroy(&d);
+    return rc;
+}
+
+/* ---- main -------------------------------------------------------------------- */
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: cqrs-bench [--socket PATH | --spawn] [--connections N] [--depth D]\n"
-               "                  [--commands N] [--aggregates A] [--kills K] [--json]\n"
-               "                  sync|pipelined|restart ...\n");
+               "                  [--commands N] [--aggregates A] [--kills K] [--events N]\n"
+               "                  [--journal-mb MB] [--fsync always|batch|never] [--json]\n"
+               "                  sync|pipelined|restart|replay|snapshot|journal|recovery ...\n");
 }
 
 int main(int argc, char **argv)
 {
     struct bench b = { .socket = "var/cqrsd.sock", .connections = 4, .depth = 64,
-                       .aggregates = 1000, .commands = 200000, .kills = 100 };
-    int spawn = 0;
+                       .aggregates = 1000, .commands = 200000, .kills = 100,
+                       .events = 1000000, .journal_mb = 1024, .fsync = "always" };
     static const struct option opts[] = {
         { "socket", required_argument, NULL, 's' }, { "spawn", no_argument, NULL, 'S' },
         { "connections", required_argument, NULL, 'c' }, { "depth", required_argument, NULL, 'd' },
         { "commands", required_argument, NULL, 'n' }, { "aggregates", required_argument, NULL, 'a' },
-        { "kills", required_argument, NULL, 'k' }, { "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
+        { "kills", required_argument, NULL, 'k' }, { "events", required_argument, NULL, 'e' },
+        { "journal-mb", required_argument, NULL, 'm' }, { "fsync", required_argument, NULL, 'f' },
+        { "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
     };
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
         case 's': b.socket = optarg; break;
-        case 'S': spawn = 1; break;
+        case 'S': b.spawn = 1; break;
         case 'c': b.connections = (unsigned)atoi(optarg); break;
         case 'd': b.depth = (unsigned)atoi(optarg); break;
         case 'n': b.commands = strtoul(optarg, NULL, 10); break;
         case 'a': b.aggregates = (unsigned)atoi(optarg); break;
         case 'k': b.kills = (unsigned)atoi(optarg); break;
+        case 'e': b.events = strtoul(optarg, NULL, 10); break;
+        case 'm': b.journal_mb = strtoul(optarg, NULL, 10); break;
+        case 'f': b.fsync = optarg; break;
         case 'j': b.json = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 64;
         }
     }
-    if (optind >= argc || !b.connections || !b.depth || !b.aggregates || !b.commands || !b.kills) {
+    if (optind >= argc || !b.connections || !b.depth || !b.aggregates || !b.commands || !b.kills ||
+        !b.events || !b.journal_mb || b.commands < b.connections ||
+        (strcmp(b.fsync, "always") && strcmp(b.fsync, "batch") && strcmp(b.fsync, "never"))) {
         usage(stderr);
         return 64;
     }
-    signal(SIGPIPE, SIG_IGN);
-    char dir[64], sock[128];
-    pid_t daemon = 0;
-    if (spawn) {
-        daemon = spawn_daemon(dir, sizeof dir, sock, sizeof sock);
-        if (daemon < 0) {
-            fprintf(stderr, "cqrs-bench: could not start cqrsd\n");
-            return 69;
+    for (int i = optind; i < argc; i++) {
+        static const char *const names[] = { "sync", "pipelined", "restart", "replay",
+                                             "snapshot", "journal", "recovery" };
+        static const char *const spawn_only[] = { "restart", "replay", "snapshot", "recovery" };
+        int known = 0;
+        for (size_t k = 0; k < sizeof names / sizeof *names; k++)
+            known |= strcmp(argv[i], names[k]) == 0;
+        if (!known) {
+            fprintf(stderr, "cqrs-bench: unknown scenario \"%s\"\n", argv[i]);
+            return 64;
         }
-        b.socket = sock;
+        for (size_t k = 0; k < sizeof spawn_only / sizeof *spawn_only && !b.spawn; k++)
+            if (strcmp(argv[i], spawn_only[k]) == 0) {
+                fprintf(stderr, "cqrs-bench: %s starts and kills its own workers: it runs only "
+                        "with --spawn\n", argv[i]);
+                return 64;
+            }
     }
-    if (!b.json)
-        printf("%-10s %5s %5s %9s %7s %8s %12s %9s %9s %9s\n", "scenario", "conns", "depth",
-               "commands", "failed", "seconds", "commands/s", "p50_us", "p99_us", "p999_us");
+    signal(SIGPIPE, SIG_IGN);
+    struct daemon shared = { .pid = 0 };   /* sync, pipelined, restart */
+    struct fixture fx = { .ready = 0 };    /* replay, snapshot */
     int rc = 0;
     for (int i = optind; i < argc; i++) {
-        if (strcmp(argv[i], "sync") == 0)
-            rc |= run_scenario(&b, "sync", 1, 1);
-        else if (strcmp(argv[i], "pipelined") == 0)
-            rc |= run_scenario(&b, "pipelined", b.connections, b.depth);
-        else if (strcmp(argv[i], "restart") == 0 && !spawn) {
-            fprintf(stderr, "cqrs-bench: restart kills workers: it runs only with --spawn\n");
-            rc = -1;
-        } else if (strcmp(argv[i], "restart") == 0)
-            rc |= run_restart(&b);
-        else {
-            fprintf(stderr, "cqrs-bench: unknown scenario \"%s\"\n", argv[i]);
-            rc = -1;
+        const char *s = argv[i];
+        int uses_shared = !strcmp(s, "sync") || !strcmp(s, "pipelined") || !strcmp(s, "restart");
+        if (uses_shared && b.spawn && shared.pid == 0) {
+            struct daemon_conf dc = { .fsync = b.fsync, .snapshot_every = -1 };
+            if (daemon_spawn(&shared, &dc) < 0) {
+                rc = -1;
+                break;
+            }
+            b.socket = shared.sock;
         }
+        if (strcmp(s, "sync") == 0)
+            rc |= run_scenario(&b, "sync", 1, 1);
+        else if (strcmp(s, "pipelined") == 0)
+            rc |= run_scenario(&b, "pipelined", b.connections, b.depth);
+        else if (strcmp(s, "restart") == 0)
+            rc |= run_restart(&b);
+        else if (strcmp(s, "replay") == 0)
+            rc |= run_replay(&b, &fx);
+        else if (strcmp(s, "snapshot") == 0)
+            rc |= run_snapshot(&b, &fx);
+        else if (strcmp(s, "journal") == 0)
+            rc |= run_journal(&b);
+        else
+            rc |= run_recovery(&b);
     }
-    if (daemon > 0) {
-        kill(daemon, SIGTERM);
-        waitpid(daemon, NULL, 0);
-        nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    }
+    daemon_destroy(&shared);
+    daemon_destroy(&fx.d);
     return rc ? 1 : 0;
 }
