@@ -9,12 +9,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "durable.h"
+#include "crc32c.h"
 #include "evlog.h"
+#include "frame.h"
 
 struct segment {
     uint64_t first;        /* position its name promises for its first event */
@@ -35,6 +38,44 @@ struct journal {
     int roll;              /* start a new segment before the next append */
 };
 
+
+/* journal/checkpoint: a hint (8-byte big-endian position + CRC32C of it)
+ * written after each synced checkpoint record, so opening scans only the
+ * segments that may hold later events. Never ahead of the journal; missing
+ * or damaged, it only costs a full scan. */
+#define JOURNAL_HINT "checkpoint"
+
+static uint64_t journal_read_hint(const char *dir)
+{
+    char path[PATH_MAX];
+    uint8_t b[12];
+    snprintf(path, sizeof path, "%s/%s", dir, JOURNAL_HINT);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, b, sizeof b);
+    close(fd);
+    if (n != (ssize_t)sizeof b || crc32c(0, b, 8) != frame_get32(b + 8))
+        return 0;
+    return frame_get64(b);
+}
+
+static void journal_write_hint(const struct journal *j, uint64_t position)
+{
+    char path[PATH_MAX], tmp[PATH_MAX + 8];
+    uint8_t b[12];
+    frame_set64(b, position);
+    frame_set32(b + 8, crc32c(0, b, 8));
+    snprintf(path, sizeof path, "%s/%s", j->dir, JOURNAL_HINT);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    int ok = write(fd, b, sizeof b) == (ssize_t)sizeof b;
+    close(fd);
+    if (!ok || rename(tmp, path) < 0)
+        unlink(tmp);
+}
 
 static int journal_cmp(const void *a, const void *b)
 {
@@ -163,7 +204,16 @@ int journal_open(const char *dir, off_t segment_bytes, struct journal **out,
     if (j->n)
         qsort(j->segs, j->n, sizeof *j->segs, journal_cmp);
 
-    for (size_t i = 0; i < j->n; i++) {
+    /* segments wholly before the hinted checkpoint are trusted, not scanned */
+    uint64_t hint = journal_read_hint(dir);
+    size_t from = 0;
+    while (hint && from + 1 < j->n && j->segs[from + 1].first <= hint + 1)
+        from++;
+    if (from > 0) {
+        j->checkpoint = hint;
+        j->last = j->segs[from].first - 1;
+    }
+    for (size_t i = from; i < j->n; i++) {
         int last = i + 1 == j->n;
         struct journal_scan sc = { j, &j->segs[i], 1, err, errlen };
         struct evlog_open_info oi;
@@ -235,27 +285,43 @@ struct journal_replay_ctx {
     uint64_t after;
     journal_fn fn;
     void *arg;
+    const uint8_t *map;     /* the segment, for the records' raw bytes */
+    size_t map_len;
 };
 
 static int journal_replay_record(void *arg, const Cqrs__EventRecord *rec, off_t offset, size_t size)
 {
     struct journal_replay_ctx *c = arg;
-    (void)offset;
-    (void)size;
     if (strcmp(rec->type, JOURNAL_CHECKPOINT) == 0 || rec->position <= c->after)
         return 0;
-    return c->fn(c->arg, rec);
+    if ((size_t)offset + size > c->map_len)
+        return EVLOG_CORRUPT;   /* the file changed under us */
+    return c->fn(c->arg, rec, c->map + offset, size);
 }
 
 int journal_replay(struct journal *j, uint64_t after, journal_fn fn, void *arg)
 {
-    struct journal_replay_ctx c = { after, fn, arg };
+    struct journal_replay_ctx c = { .after = after, .fn = fn, .arg = arg };
     for (size_t i = 0; i < j->n; i++) {
         if (i + 1 < j->n && j->segs[i + 1].first <= after + 1)
             continue;   /* wholly before */
+        int fd = open(j->segs[i].path, O_RDONLY | O_CLOEXEC);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) < 0) {
+            if (fd >= 0)
+                close(fd);
+            return -1;
+        }
+        c.map_len = (size_t)st.st_size;
+        c.map = c.map_len ? mmap(NULL, c.map_len, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+        close(fd);
+        if (c.map == MAP_FAILED)
+            return -1;
         struct evlog *log;
         int rc = evlog_open(j->segs[i].path, EVLOG_ANY_VERSIONS | EVLOG_READONLY,
                             journal_replay_record, &c, &log, NULL);
+        if (c.map)
+            munmap((void *)c.map, c.map_len);
         if (rc != 0)
             return rc;
         evlog_free(log);
@@ -302,8 +368,10 @@ int journal_checkpoint(struct journal *j, uint64_t position)
         return -1;
     int rc = journal_append(j, buf, len, j->last, 1);
     free(buf);
-    if (rc == 0)
+    if (rc == 0) {
         j->checkpoint = position;
+        journal_write_hint(j, position);
+    }
     return rc;
 }
 

@@ -20,7 +20,11 @@
  * worker of the type, or a second cqrsd on the same data directory) is
  * refused instead of interleaving writes.
  *
- * Opening checks every segment: a torn tail is allowed in the last one only
+ * `journal/checkpoint` holds the last checkpoint's position (with a CRC) as
+ * a hint: opening trusts the segments wholly before it and checks only the
+ * rest.
+ *
+ * Opening checks every segment it reads: a torn tail is allowed in the last one only
  * (cut away, as evlog does); positions must follow each other; anything
  * else is corruption and the worker refuses to start. A failed sync never
  * counts as success (PostgreSQL's fsyncgate lesson): the batch is cut back,
@@ -53,9 +57,10 @@ int journal_open(const char *dir, off_t segment_bytes, struct journal **out,
                  struct journal_info *info, char *err, size_t errlen);
 void journal_free(struct journal *j);
 
-/* Every event record with position > `after`, in order. A non-zero return
+/* Every event record with position > `after`, in order, with its encoded
+ * bytes (`raw`, `len`: what belongs in its stream file). A non-zero return
  * from `fn` stops and is returned. */
-typedef int (*journal_fn)(void *arg, const Cqrs__EventRecord *rec);
+typedef int (*journal_fn)(void *arg, const Cqrs__EventRecord *rec, const uint8_t *raw, size_t len);
 int journal_replay(struct journal *j, uint64_t after, journal_fn fn, void *arg);
 
 /* Appends encoded event records (one write), the last of which has

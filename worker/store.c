@@ -162,7 +162,7 @@ static struct rfile *repair_file(struct repair *r, const char *id)
     return f;
 }
 
-static int repair_record(void *arg, const Cqrs__EventRecord *rec)
+static int repair_record(void *arg, const Cqrs__EventRecord *rec, const uint8_t *buf, size_t len)
 {
     struct repair *r = arg;
     if (agg_id_valid(rec->stream, strlen(rec->stream)) < 0 || rec->stream_offset < EVLOG_MAGIC_LEN) {
@@ -177,13 +177,7 @@ static int repair_record(void *arg, const Cqrs__EventRecord *rec)
         r->failed = 1;
         return -1;
     }
-    uint8_t *buf = NULL, stack[512];
-    size_t len = 0, cap = 0;
-    if (evlog_encode(rec, &buf, &len, &cap) < 0) {
-        snprintf(r->err, r->errlen, "cannot encode journal event %llu", (unsigned long long)rec->position);
-        r->failed = 1;
-        return -1;
-    }
+    uint8_t stack[512];
     off_t off = (off_t)rec->stream_offset;
     uint8_t *have = len <= sizeof stack ? stack : malloc(len);
     ssize_t got = have ? pread(f->fd, have, len, off) : -1;
@@ -203,16 +197,17 @@ static int repair_record(void *arg, const Cqrs__EventRecord *rec)
     if (off + (off_t)len > f->end)
         f->end = off + (off_t)len;
     r->records++;
-    free(buf);
     return rc;
 }
 
-/* Writes every journal event after the checkpoint into its stream file,
- * syncs them and checkpoints. See store.h. */
+/* Writes every journal event after the checkpoint into its stream file and
+ * cuts each file after its last journaled record. Nothing is synced here:
+ * the files join those the next checkpoint syncs, so a restart does not
+ * wait for the disk. See store.h. */
 static int store_repair(struct store *st, int force, char *err, size_t errlen)
 {
     struct repair r = { .st = st, .force = force, .err = err, .errlen = errlen };
-    uint64_t from = journal_checkpointed(st->journal), to = journal_last(st->journal);
+    uint64_t from = journal_checkpointed(st->journal);
     int rc = journal_replay(st->journal, from, repair_record, &r);
     if (rc != 0 && !r.failed)
         snprintf(err, errlen, "cannot read the journal: %s",
@@ -225,37 +220,17 @@ static int store_repair(struct store *st, int force, char *err, size_t errlen)
             snprintf(err, errlen, "cannot cut %s: %s", f->path, strerror(errno));
             rc = -1;
         }
-        if (rc == 0 && fdatasync(f->fd) < 0) {
-            snprintf(err, errlen, "cannot sync %s: %s", f->path, strerror(errno));
-            rc = -1;
-        }
+        if (rc == 0)
+            strset_add(&st->unsynced, f->path);   /* the next checkpoint syncs it */
         HASH_DEL(r.files, f);
         close(f->fd);
         free(f->path);
         free(f);
     }
-    if (rc == 0) {
-        struct strset *d, *dtmp;
-        HASH_ITER(hh, st->new_dirs, d, dtmp) {
-            if (durable_sync_dir(d->s) < 0 && errno != ENOENT) {
-                snprintf(err, errlen, "cannot sync %s: %s", d->s, strerror(errno));
-                rc = -1;
-                break;
-            }
-        }
-    }
-    if (rc == 0 && to > from && journal_checkpoint(st->journal, to) < 0) {
-        snprintf(err, errlen, "cannot write a checkpoint: %s", strerror(errno));
-        rc = -1;
-    }
-    if (rc == 0) {
-        strset_clear(&st->new_dirs);
-        strset_clear(&st->unsynced);   /* synced above or before the checkpoint */
-        if (r.records)
-            log_info("recovery: %llu journal events after position %llu checked, %llu written "
-                     "again into their stream files", (unsigned long long)r.records,
-                     (unsigned long long)from, (unsigned long long)r.rewritten);
-    }
+    if (rc == 0 && r.records)
+        log_info("recovery: %llu journal events after position %llu checked, %llu written "
+                 "again into their stream files", (unsigned long long)r.records,
+                 (unsigned long long)from, (unsigned long long)r.rewritten);
     return rc;
 }
 

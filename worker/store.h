@@ -18,9 +18,10 @@
  * Recovery (at start, and whenever a stream file write or sync failed):
  * every journal event after the last checkpoint is compared with its stream
  * file at its offset and written there when missing or different (always
- * rewritten after a failed sync, whose pages cannot be trusted); files are
- * cut after the last journaled record, synced, and a checkpoint is written.
- * Idempotent: a crash during recovery is harmless.
+ * rewritten after a failed sync, whose pages cannot be trusted), and files
+ * are cut after the last journaled record; the next checkpoint syncs them.
+ * Until then the journal still holds those events, so a crash during or
+ * after recovery is harmless: the next start does the same again.
  *
  * fsync modes: always (journal synced before any reply), batch (synced at
  * most every batch_interval_ms; replies may precede it), never (no fsync at
