@@ -134,6 +134,15 @@ static int journal_new_segment(struct journal *j, uint64_t first)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/%020" PRIu64 ".wal", j->dir, first);
+    if (j->n && j->segs[j->n - 1].first == first) {
+        /* the current segment holds no event yet (its batches failed): a
+         * fresh file replaces it, never trusting pages whose sync failed */
+        evlog_free(j->cur);
+        j->cur = NULL;
+        if (unlink(path) < 0 && errno != ENOENT)
+            return -1;
+        free(j->segs[--j->n].path);
+    }
     struct evlog *log;
     if (evlog_open(path, EVLOG_CREATE | EVLOG_ANY_VERSIONS, NULL, NULL, &log, NULL) != 0) {
         if (errno == 0)

@@ -186,11 +186,18 @@ static int repair_record(void *arg, const Cqrs__EventRecord *rec, const uint8_t 
         free(have);
     int rc = 0;
     if (!same) {
-        if (pwrite(f->fd, buf, len, off) != (ssize_t)len) {
-            snprintf(r->err, r->errlen, "cannot write the log of %s: %s", rec->stream,
-                     strerror(errno ? errno : EIO));
-            r->failed = 1;
-            rc = -1;
+        for (size_t done = 0; done < len;) {   /* a nearly full disk writes short */
+            ssize_t w = pwrite(f->fd, buf + done, len - done, off + (off_t)done);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0) {
+                snprintf(r->err, r->errlen, "cannot write the log of %s: %s", rec->stream,
+                         strerror(w < 0 ? errno : ENOSPC));
+                r->failed = 1;
+                rc = -1;
+                break;
+            }
+            done += (size_t)w;
         }
         r->rewritten++;
     }
