@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "aggregate.h"
+#include "log.h"
 #include "sup_policy.h"
 
 struct config_parse {
@@ -99,6 +100,7 @@ void config_defaults(struct cqrsd_config *cfg)
     cfg->heartbeat_ms = 1000;
     cfg->heartbeat_timeout_ms = 3000;
     cfg->standby = 1;
+    cfg->log_level = LOG_LVL_INFO;
     cfg->storage = (struct storage_config){ FSYNC_ALWAYS, 10, 1000, 64, 256, 3600, 1000,
                                             1024, 1000000, 3600 };
     for (size_t i = 0; aggregate_registry[i] && cfg->n_children < CONFIG_MAX_CHILDREN; i++) {
@@ -133,7 +135,8 @@ static void config_section(struct config_parse *p, const char *line)
         return;   /* inih reports the malformed line */
     char name[128];
     snprintf(name, sizeof name, "%.*s", (int)(close - line - 1), line + 1);
-    if (strcmp(name, "supervisor") == 0 || strcmp(name, "storage") == 0)
+    if (strcmp(name, "supervisor") == 0 || strcmp(name, "storage") == 0 ||
+        strcmp(name, "server") == 0)
         return;
     if (strncmp(name, "child ", 6) != 0) {
         config_fail(p, "unknown section [%s]", name);
@@ -203,6 +206,19 @@ static int config_supervisor_key(struct config_parse *p, const char *key, const 
         return config_fail(p, "standby in [supervisor] must be true or false, not \"%s\"", value);
     }
     return config_fail(p, "unknown key \"%s\" in [supervisor]", key);
+}
+
+static int config_server_key(struct config_parse *p, const char *key, const char *value)
+{
+    if (strcmp(key, "log_level") == 0) {
+        enum log_level lvl;
+        if (log_level_parse(value, &lvl) < 0)
+            return config_fail(p, "log_level in [server] must be error, warning, info or debug, "
+                                  "not \"%s\"", value);
+        p->cfg->log_level = (int)lvl;
+        return 1;
+    }
+    return config_fail(p, "unknown key \"%s\" in [server]", key);
 }
 
 static int config_storage_key(struct config_parse *p, const char *key, const char *value)
@@ -280,6 +296,8 @@ static int config_handler(void *user, const char *section, const char *key, cons
         return config_supervisor_key(p, key, value);
     if (strcmp(section, "storage") == 0)
         return config_storage_key(p, key, value);
+    if (strcmp(section, "server") == 0)
+        return config_server_key(p, key, value);
     if (strncmp(section, "child ", 6) == 0)
         return config_child_key(p, section, key, value);
     if (!section[0])

@@ -11,6 +11,9 @@
  *   heartbeat_timeout_ms = 3000   ; no answer in time: the worker is hung
  *   standby = true                ; keep a started spare worker per child
  *
+ *   [server]
+ *   log_level = info              ; error | warning | info | debug
+ *
  *   [storage]                     ; handed to every worker
  *   fsync = always                ; always | batch | never
  *   batch_interval_ms = 10        ; fsync = batch: sync the journal this often
@@ -63,6 +66,7 @@ struct storage_config {
 };
 
 struct cqrsd_config {
+    int log_level;                  /* enum log_level of lib/log.h */
     enum sup_strategy strategy;
     unsigned intensity;
     unsigned period_s;

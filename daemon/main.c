@@ -33,6 +33,7 @@
 #include "config.h"
 #include "frame.h"
 #include "log.h"
+#include "notify.h"
 #include "router.h"
 #include "sup.h"
 #include "verify.h"
@@ -44,13 +45,57 @@ struct daemon {
     struct event_base *base;
     struct router *router;
     struct sup *sup;
+    struct event *watchdog, *status_timer;
 };
+
+/* STATUS= for `systemctl status`: children up, restarts, commands served. */
+static void daemon_notify_status(struct daemon *d)
+{
+    if (!notify_enabled())
+        return;
+    size_t n = sup_count(d->sup), up = 0;
+    unsigned long restarts = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct child *c = sup_child(d->sup, i);
+        up += c->state == CHILD_RUNNING;
+        restarts += c->restarts;
+    }
+    notify_send("STATUS=%zu/%zu children running, %lu restarts, %llu requests served", up, n,
+                restarts, (unsigned long long)router_served(d->router));
+}
+
+static void daemon_on_status_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    daemon_notify_status(arg);
+}
+
+/* From the event loop itself: a loop that is stuck stops the pings, and
+ * systemd's watchdog restarts cqrsd. */
+static void daemon_on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    notify_send("WATCHDOG=1");
+}
+
+/* Every child runs: accept clients, and tell systemd. */
+static void daemon_on_booted(void *arg)
+{
+    struct daemon *d = arg;
+    router_accept(d->router);
+    notify_send("READY=1");
+    daemon_notify_status(d);
+}
 
 static void daemon_on_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
     (void)what;
     log_info("signal %d: shutting down", (int)sig);
+    notify_send("STOPPING=1");
     router_close_listener(d->router);
     sup_stop(d->sup);
 }
@@ -193,8 +238,9 @@ int main(int argc, char **argv)
     }
     if (verify)
         return daemon_verify(&cfg, data_dir);
-    log_init("cqrsd", getenv("CQRS_DEBUG") ? LOG_LVL_DEBUG : LOG_LVL_INFO);
+    log_init("cqrsd", getenv("CQRS_DEBUG") ? LOG_LVL_DEBUG : (enum log_level)cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
+    notify_init();   /* and out of the environment the workers inherit */
 
     char worker[PATH_MAX];
     if (daemon_worker_path(worker, sizeof worker) < 0) {
@@ -230,6 +276,8 @@ int main(int argc, char **argv)
         .wait_limit = 10000,
     };
     struct sup_hooks hooks = router_sup_hooks(d.router);
+    hooks.booted = daemon_on_booted;
+    hooks.booted_arg = &d;
     d.sup = sup_new(d.base, &cfg, &sopt, &hooks);
     if (!d.sup) {
         log_error("cannot set up the supervisor");
@@ -241,6 +289,17 @@ int main(int argc, char **argv)
     struct event *sigint = evsignal_new(d.base, SIGINT, daemon_on_signal, &d);
     event_add(sigterm, NULL);
     event_add(sigint, NULL);
+    uint64_t wd = notify_watchdog_usec();
+    if (wd) {
+        d.watchdog = event_new(d.base, -1, EV_PERSIST, daemon_on_watchdog, &d);
+        struct timeval half = { (time_t)(wd / 2 / 1000000), (suseconds_t)(wd / 2 % 1000000) };
+        event_add(d.watchdog, &half);
+    }
+    if (notify_enabled()) {
+        d.status_timer = event_new(d.base, -1, EV_PERSIST, daemon_on_status_timer, &d);
+        struct timeval every = { 5, 0 };
+        event_add(d.status_timer, &every);
+    }
 
     log_info("cqrsd %s starting: socket %s, data %s, %s%s", CQRS_VERSION, socket_path, data_abs,
              config_path ? "config " : "built-in config", config_path ? config_path : "");
@@ -258,6 +317,10 @@ int main(int argc, char **argv)
     log_info("stopped%s", code ? " after giving up" : "");
     event_free(sigterm);
     event_free(sigint);
+    if (d.watchdog)
+        event_free(d.watchdog);
+    if (d.status_timer)
+        event_free(d.status_timer);
     router_free(d.router);
     sup_free(d.sup);
     event_base_free(d.base);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <uthash.h>
@@ -50,9 +51,11 @@ struct keyset {               /* a set of request keys */
  * those that were in flight at two consecutive crashes (never delivered
  * again). */
 struct poison {
+    char child[64];           /* the child's name: children come and go on reload */
     struct keyset *last_crash;
     struct keyset *parked;
     size_t n_parked;
+    UT_hash_handle hh;
 };
 
 #define ROUTER_MAX_PARKED 1024
@@ -65,10 +68,23 @@ struct router {
     struct sup *sup;
     struct conn *conns;
     struct pending *pending;
-    struct poison poison[CONFIG_MAX_CHILDREN];
+    struct poison *poison;    /* by child name */
     uint64_t next_conn, next_tag;
+    uint64_t served;          /* replies delivered */
     int draining;             /* shut down: leave the loop once every client is answered */
+    int activated;            /* the socket came from systemd: it is not ours to unlink */
 };
+
+static struct poison *router_poison(struct router *r, const struct child *ch, int create)
+{
+    struct poison *p;
+    HASH_FIND_STR(r->poison, ch->name, p);
+    if (!p && create && (p = calloc(1, sizeof *p)) != NULL) {
+        snprintf(p->child, sizeof p->child, "%s", ch->name);
+        HASH_ADD_STR(r->poison, child, p);
+    }
+    return p;
+}
 
 static void router_conn_free(struct conn *c)
 {
@@ -143,7 +159,11 @@ static void keyset_clear(struct keyset **set)
  * in flight at its previous crash. */
 static void router_note_crash(struct router *r, struct child *ch, struct keyset *crash)
 {
-    struct poison *p = &r->poison[ch->index];
+    struct poison *p = router_poison(r, ch, 1);
+    if (!p) {
+        keyset_clear(&crash);
+        return;   /* poison detection is best effort */
+    }
     struct keyset *k, *tmp;
     HASH_ITER(hh, crash, k, tmp) {
         if (keyset_has(p->last_crash, k->key) && !keyset_has(p->parked, k->key)) {
@@ -222,7 +242,8 @@ static void router_route(struct router *r, struct conn *c, const Cqrs__Request *
         return;
     }
     uint64_t key = router_key(req);
-    if (keyset_has(r->poison[ch->index].parked, key)) {
+    struct poison *poison = router_poison(r, ch, 0);
+    if (poison && keyset_has(poison->parked, key)) {
         router_error(c, req_id, CQRS__STATUS__REJECTED,
                      "this command crashed the worker twice; it is not delivered again");
         return;
@@ -372,11 +393,17 @@ static void router_on_reply(void *arg, struct child *ch, uint64_t tag, const uin
     HASH_FIND(hh, r->conns, &p->conn_id, sizeof p->conn_id, c);
     HASH_DEL(r->pending, p);
     free(p);
+    r->served++;
     if (c) {
         if (!c->closing && frame_put_bytes(bufferevent_get_output(c->bev), NULL, body, len) < 0)
             c->closing = 1;
         router_conn_answered(c);
     }
+}
+
+uint64_t router_served(const struct router *r)
+{
+    return r->served;
 }
 
 static void router_add_held(void *arg, uint64_t tag)
@@ -418,17 +445,16 @@ static void router_on_expire(void *arg, struct child *ch, const char *reason)
     }
 }
 
-static void router_on_booted(void *arg)
+void router_accept(struct router *r)
 {
-    struct router *r = arg;
     evconnlistener_enable(r->listener);
-    log_info("listening on %s", r->path);
+    log_info("listening on %s%s", r->path, r->activated ? " (socket from systemd)" : "");
 }
 
 struct sup_hooks router_sup_hooks(struct router *r)
 {
     return (struct sup_hooks){ .arg = r, .reply = router_on_reply, .down = router_fail_child,
-                               .expire = router_on_expire, .booted = router_on_booted };
+                               .expire = router_on_expire };
 }
 
 void router_set_sup(struct router *r, struct sup *sup)
@@ -474,6 +500,32 @@ static int router_bind(const char *path)
     return fd;
 }
 
+/* Socket activation: systemd passes listening sockets from fd 3 on, with
+ * LISTEN_PID (ours) and LISTEN_FDS; they are unset so no worker inherits
+ * them. -1 when there is none. */
+static int router_activated_fd(void)
+{
+    const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+    int fd = -1;
+    if (pid && fds && strtol(pid, NULL, 10) == (long)getpid() && strtol(fds, NULL, 10) >= 1) {
+        struct stat st;
+        int listening = 0;
+        socklen_t len = sizeof listening;
+        if (fstat(3, &st) == 0 && S_ISSOCK(st.st_mode) &&
+            getsockopt(3, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening) {
+            fd = 3;
+            evutil_make_socket_nonblocking(fd);
+            evutil_make_socket_closeonexec(fd);
+        } else {
+            log_warn("LISTEN_FDS names fd 3, but it is not a listening socket; binding instead");
+        }
+    }
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    return fd;
+}
+
 struct router *router_new(struct event_base *base, const struct router_config *cfg)
 {
     struct router *r = calloc(1, sizeof *r);
@@ -482,7 +534,10 @@ struct router *router_new(struct event_base *base, const struct router_config *c
     r->base = base;
     r->cfg = *cfg;
     r->path = strdup(cfg->socket_path);
-    int fd = r->path ? router_bind(r->path) : -1;
+    int fd = router_activated_fd();
+    r->activated = fd >= 0;
+    if (fd < 0)
+        fd = r->path ? router_bind(r->path) : -1;
     if (fd < 0) {
         free(r->path);
         free(r);
@@ -508,7 +563,8 @@ void router_close_listener(struct router *r)
     if (r->listener) {
         evconnlistener_free(r->listener);
         r->listener = NULL;
-        unlink(r->path);
+        if (!r->activated)
+            unlink(r->path);   /* systemd keeps its socket for the next start */
     }
 }
 
@@ -525,9 +581,12 @@ void router_free(struct router *r)
         HASH_DEL(r->pending, p);
         free(p);
     }
-    for (size_t i = 0; i < CONFIG_MAX_CHILDREN; i++) {
-        keyset_clear(&r->poison[i].last_crash);
-        keyset_clear(&r->poison[i].parked);
+    struct poison *po, *potmp;
+    HASH_ITER(hh, r->poison, po, potmp) {
+        HASH_DEL(r->poison, po);
+        keyset_clear(&po->last_crash);
+        keyset_clear(&po->parked);
+        free(po);
     }
     free(r->path);
     free(r);

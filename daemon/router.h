@@ -31,12 +31,17 @@ struct router_config {
 
 struct router;
 
-/* Binds the socket (not yet accepting). NULL with a logged reason. */
+/* Binds the socket (not yet accepting), or takes the one systemd passed
+ * (socket activation: LISTEN_PID/LISTEN_FDS). NULL with a logged reason. */
 struct router *router_new(struct event_base *base, const struct router_config *cfg);
 void router_free(struct router *r);
 void router_set_sup(struct router *r, struct sup *sup);
 /* The hooks to give the supervisor. */
 struct sup_hooks router_sup_hooks(struct router *r);
+/* Starts accepting (once every child runs). */
+void router_accept(struct router *r);
+/* Replies delivered so far. */
+uint64_t router_served(const struct router *r);
 /* Stops accepting new connections (shutdown). */
 void router_close_listener(struct router *r);
 /* Shutdown, after the workers are stopped: closes every connection once

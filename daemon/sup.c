@@ -333,7 +333,7 @@ static void sup_step(struct sup *s)
         s->booting = 0;
         log_info("all %zu children running (%s)", s->n, config_strategy_name(s->cfg.strategy));
         if (s->hooks.booted)
-            s->hooks.booted(s->hooks.arg);
+            s->hooks.booted(s->hooks.booted_arg);
     }
 }
 

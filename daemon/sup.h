@@ -88,8 +88,9 @@ struct sup_hooks {
     void (*down)(void *arg, struct child *c, const char *reason);
     /* `c`'s held requests timed out, or will never be delivered. */
     void (*expire)(void *arg, struct child *c, const char *reason);
-    /* Every child is running for the first time. */
+    /* Every child is running for the first time (called with booted_arg). */
     void (*booted)(void *arg);
+    void *booted_arg;
 };
 
 struct sup_options {

@@ -9,6 +9,9 @@
 enum log_level { LOG_LVL_ERROR = 3, LOG_LVL_WARN = 4, LOG_LVL_INFO = 6, LOG_LVL_DEBUG = 7 };
 
 void log_init(const char *ident, enum log_level max);
+void log_set_level(enum log_level max);
+/* "error", "warning", "info", "debug". 0 or -1. */
+int log_level_parse(const char *name, enum log_level *out);
 void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define log_error(...) log_msg(LOG_LVL_ERROR, __VA_ARGS__)
