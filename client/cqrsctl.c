@@ -97,6 +97,8 @@ static void usage(FILE *out)
 "                      uptime, last exit\n"
 "  kill TYPE           SIGKILL the worker of TYPE, to watch cqrsd restart it\n"
 "  restart TYPE        stop the worker of TYPE gracefully and start it again\n"
+"  reload              make cqrsd re-read its configuration; returns once the\n"
+"                      change is applied (children added, removed, restarted)\n"
 "\n"
 "Options:\n"
 "  -s, --socket PATH   the daemon's socket; default $CQRS_SOCKET, else\n"
@@ -762,6 +764,33 @@ static const char *or_dash(const char *s)
     return s && s[0] ? s : "-";
 }
 
+/* reload: returns once cqrsd has applied the file (or refused it). */
+static int cmd_reload(struct ctl *c, int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            c->json = 1;
+        else
+            return ctl_usage_error("reload takes no arguments");
+    }
+    Cqrs__Reply *r;
+    int rc = ctl_connect(c);
+    if (rc)
+        return rc;
+    if (cqrs_client_control(c->client, CQRS__CONTROL__OP__RELOAD, NULL, &r) < 0)
+        return ctl_call_failed(c, 0);
+    if (r->status != CQRS__STATUS__OK) {
+        rc = ctl_reply_failed(c, r);
+    } else if (c->json) {
+        rc = ctl_print_json(json_pack("{s:s}", "status", "OK"));
+    } else {
+        printf("OK configuration reloaded\n");
+        rc = EX_OK;
+    }
+    cqrs__reply__free_unpacked(r, NULL);
+    return rc;
+}
+
 static int cmd_status(struct ctl *c, int argc, char **argv)
 {
     for (int i = 0; i < argc; i++) {
@@ -911,7 +940,8 @@ int main(int argc, char **argv)
     } subs[] = {
         { "send", cmd_send }, { "get", cmd_get }, { "events", cmd_events },
         { "status", cmd_status }, { "kill", cmd_kill },
-        { "restart", cmd_restart }, { "verify", cmd_verify },
+        { "restart", cmd_restart },
+        { "reload", cmd_reload }, { "verify", cmd_verify },
     };
     int rc = -1;
     for (size_t k = 0; k < sizeof subs / sizeof subs[0]; k++)

@@ -45,7 +45,10 @@ struct daemon {
     struct event_base *base;
     struct router *router;
     struct sup *sup;
-    struct event *watchdog, *status_timer;
+    struct event *watchdog, *status_timer, *sighup;
+    const char *config_path;
+    router_reload_done_fn reload_done;   /* who asked for the reload in progress */
+    void *reload_done_arg;
 };
 
 /* STATUS= for `systemctl status`: children up, restarts, commands served. */
@@ -79,6 +82,61 @@ static void daemon_on_watchdog(evutil_socket_t fd, short what, void *arg)
     (void)what;
     (void)arg;
     notify_send("WATCHDOG=1");
+}
+
+static void daemon_reload_applied(void *arg)
+{
+    struct daemon *d = arg;
+    notify_send("READY=1");
+    daemon_notify_status(d);
+    if (d->reload_done)
+        d->reload_done(d->reload_done_arg, 1, NULL);
+    d->reload_done = NULL;
+}
+
+/* Reload (SIGHUP, or RELOAD from a client with `done`): re-read the file;
+ * an invalid one is refused and the running configuration stays. */
+static void daemon_reload(void *arg, router_reload_done_fn done, void *done_arg)
+{
+    struct daemon *d = arg;
+    struct cqrsd_config cfg;
+    char err[600];
+    if (!d->config_path)
+        config_defaults(&cfg);
+    else if (config_load(d->config_path, &cfg, err, sizeof err) < 0) {
+        log_error("reload refused: %s; the running configuration stays", err);
+        if (done)
+            done(done_arg, 0, err);
+        return;
+    }
+    if (d->reload_done) {
+        if (done)
+            done(done_arg, 0, "a reload is already in progress");
+        return;
+    }
+    log_info("reloading %s", d->config_path ? d->config_path : "the built-in configuration");
+    notify_send("RELOADING=1");
+    if (!getenv("CQRS_DEBUG"))
+        log_set_level((enum log_level)cfg.log_level);
+    d->reload_done = done;
+    d->reload_done_arg = done_arg;
+    if (sup_reload(d->sup, &cfg, daemon_reload_applied, d) < 0) {
+        snprintf(err, sizeof err, "cannot reload now: %s",
+                 errno == EBUSY ? "cqrsd is starting, stopping or already reloading"
+                                : strerror(errno));
+        log_error("%s", err);
+        d->reload_done = NULL;
+        notify_send("READY=1");
+        if (done)
+            done(done_arg, 0, err);
+    }
+}
+
+static void daemon_on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    daemon_reload(arg, NULL, NULL);
 }
 
 /* Every child runs: accept clients, and tell systemd. */
@@ -284,11 +342,15 @@ int main(int argc, char **argv)
         return 1;
     }
     router_set_sup(d.router, d.sup);
+    d.config_path = config_path;
+    router_set_reload(d.router, daemon_reload, &d);
 
     struct event *sigterm = evsignal_new(d.base, SIGTERM, daemon_on_signal, &d);
     struct event *sigint = evsignal_new(d.base, SIGINT, daemon_on_signal, &d);
     event_add(sigterm, NULL);
     event_add(sigint, NULL);
+    d.sighup = evsignal_new(d.base, SIGHUP, daemon_on_sighup, &d);
+    event_add(d.sighup, NULL);
     uint64_t wd = notify_watchdog_usec();
     if (wd) {
         d.watchdog = event_new(d.base, -1, EV_PERSIST, daemon_on_watchdog, &d);
@@ -317,6 +379,7 @@ int main(int argc, char **argv)
     log_info("stopped%s", code ? " after giving up" : "");
     event_free(sigterm);
     event_free(sigint);
+    event_free(d.sighup);
     if (d.watchdog)
         event_free(d.watchdog);
     if (d.status_timer)

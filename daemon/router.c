@@ -73,6 +73,13 @@ struct router {
     uint64_t served;          /* replies delivered */
     int draining;             /* shut down: leave the loop once every client is answered */
     int activated;            /* the socket came from systemd: it is not ours to unlink */
+    router_reload_fn reload;
+    void *reload_arg;
+};
+
+struct router_reload {        /* a RELOAD request waiting for the reload to be done */
+    struct router *r;
+    uint64_t conn_id, req_id;
 };
 
 static struct poison *router_poison(struct router *r, const struct child *ch, int create)
@@ -268,6 +275,31 @@ static void router_route(struct router *r, struct conn *c, const Cqrs__Request *
     c->inflight++;
 }
 
+static void router_reload_done(void *arg, int ok, const char *error)
+{
+    struct router_reload *rl = arg;
+    struct conn *c;
+    HASH_FIND(hh, rl->r->conns, &rl->conn_id, sizeof rl->conn_id, c);
+    if (c && !c->closing)
+        router_error(c, rl->req_id, ok ? CQRS__STATUS__OK : CQRS__STATUS__INVALID, "%s",
+                     ok ? "" : error);
+    free(rl);
+}
+
+/* RELOAD is answered once the new configuration is applied (or refused),
+ * so `cqrsctl reload` — systemd's ExecReload — is synchronous. */
+static void router_start_reload(struct router *r, struct conn *c, uint64_t req_id)
+{
+    struct router_reload *rl = malloc(sizeof *rl);
+    if (!r->reload || !rl) {
+        free(rl);
+        router_error(c, req_id, CQRS__STATUS__INTERNAL, "reload is not available");
+        return;
+    }
+    *rl = (struct router_reload){ r, c->id, req_id };
+    r->reload(r->reload_arg, router_reload_done, rl);
+}
+
 static void router_on_frame(struct router *r, struct conn *c, const uint8_t *body, uint32_t len)
 {
     Cqrs__Request *req = cqrs__request__unpack(NULL, len, body);
@@ -292,7 +324,9 @@ static void router_on_frame(struct router *r, struct conn *c, const uint8_t *bod
                          body, len);
             break;
         case CQRS__REQUEST__BODY_CONTROL:
-            if (control_reply(r->sup, req->id, req->control, bufferevent_get_output(c->bev)) < 0)
+            if (req->control->op == CQRS__CONTROL__OP__RELOAD)
+                router_start_reload(r, c, req->id);
+            else if (control_reply(r->sup, req->id, req->control, bufferevent_get_output(c->bev)) < 0)
                 c->closing = 1;
             break;
         default:
@@ -460,6 +494,12 @@ struct sup_hooks router_sup_hooks(struct router *r)
 void router_set_sup(struct router *r, struct sup *sup)
 {
     r->sup = sup;
+}
+
+void router_set_reload(struct router *r, router_reload_fn fn, void *arg)
+{
+    r->reload = fn;
+    r->reload_arg = arg;
 }
 
 /* ---- the socket ----------------------------------------------------------- */

@@ -31,11 +31,17 @@ struct router_config {
 
 struct router;
 
+/* Starts a reload; calls done(done_arg, ok, error) when it is applied or
+ * refused (then `error` says why). Set by main. */
+typedef void (*router_reload_done_fn)(void *done_arg, int ok, const char *error);
+typedef void (*router_reload_fn)(void *arg, router_reload_done_fn done, void *done_arg);
+
 /* Binds the socket (not yet accepting), or takes the one systemd passed
  * (socket activation: LISTEN_PID/LISTEN_FDS). NULL with a logged reason. */
 struct router *router_new(struct event_base *base, const struct router_config *cfg);
 void router_free(struct router *r);
 void router_set_sup(struct router *r, struct sup *sup);
+void router_set_reload(struct router *r, router_reload_fn fn, void *arg);
 /* The hooks to give the supervisor. */
 struct sup_hooks router_sup_hooks(struct router *r);
 /* Starts accepting (once every child runs). */

@@ -26,14 +26,19 @@ struct sup {
     struct cqrsd_config cfg;
     struct sup_options opt;
     struct sup_hooks hooks;
-    struct child *children;
+    struct child *children[2 * CONFIG_MAX_CHILDREN];   /* start order */
     size_t n;
     struct sup_policy policy;
     struct event *sigchld;
     struct event *heartbeat;
-    size_t stop_q[CONFIG_MAX_CHILDREN], n_stop;     /* the plan: stop these, */
-    size_t start_q[CONFIG_MAX_CHILDREN], n_start;   /* then start these */
+    struct child *stop_q[2 * CONFIG_MAX_CHILDREN];   /* the plan: stop these, */
+    size_t n_stop;
+    struct child *start_q[2 * CONFIG_MAX_CHILDREN];  /* then start these */
+    size_t n_start;
     int booting;        /* the first start of every child */
+    int reloading;      /* a reload's plan is being carried out */
+    void (*reload_done)(void *arg);
+    void *reload_arg;
     int stopping;
     int exit_code;
 };
@@ -59,11 +64,24 @@ static void sup_arm(struct event *ev, unsigned ms)
 }
 
 static void sup_step(struct sup *s);
+static void sup_child_free(struct child *c);
+static void sup_remove(struct sup *s, struct child *c);
+static void sup_on_timer(evutil_socket_t fd, short what, void *arg);
+static void sup_on_wait_timer(evutil_socket_t fd, short what, void *arg);
+static void sup_standby_stop(struct standby *sb);
+
+static int sup_find_ptr(const struct sup *s, const struct child *c)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->children[i] == c)
+            return 1;
+    return 0;
+}
 
 static int sup_queued_to_start(const struct sup *s, const struct child *c)
 {
     for (size_t i = 0; i < s->n_start; i++)
-        if (s->start_q[i] == (size_t)c->index)
+        if (s->start_q[i] == c)
             return 1;
     return 0;
 }
@@ -98,15 +116,15 @@ const char *sup_state_name(const struct child *c)
 static void sup_plan_stop(struct sup *s, struct child *c)
 {
     for (size_t i = 0; i < s->n_stop; i++)
-        if (s->stop_q[i] == (size_t)c->index)
+        if (s->stop_q[i] == c)
             return;
-    s->stop_q[s->n_stop++] = (size_t)c->index;
+    s->stop_q[s->n_stop++] = c;
 }
 
 static void sup_plan_start(struct sup *s, struct child *c)
 {
     if (!sup_queued_to_start(s, c))
-        s->start_q[s->n_start++] = (size_t)c->index;
+        s->start_q[s->n_start++] = c;
 }
 
 /* Gives up: stops everything and exits 1 (systemd decides what next). */
@@ -292,12 +310,12 @@ static void sup_step(struct sup *s)
 {
     for (;;) {
         for (size_t i = 0; i < s->n; i++) {
-            struct child *c = &s->children[i];
+            struct child *c = s->children[i];
             if (c->pid > 0 && (c->terminating || (c->state == CHILD_STARTING && !s->stopping)))
                 return;   /* wait for its exit, or its ready */
         }
         if (s->n_stop) {
-            struct child *c = &s->children[s->stop_q[0]];
+            struct child *c = s->stop_q[0];
             memmove(s->stop_q, s->stop_q + 1, --s->n_stop * sizeof *s->stop_q);
             if (c->pid > 0) {
                 sup_terminate(c);
@@ -306,7 +324,7 @@ static void sup_step(struct sup *s)
             continue;
         }
         if (s->n_start && !s->stopping) {
-            struct child *c = &s->children[s->start_q[0]];
+            struct child *c = s->start_q[0];
             memmove(s->start_q, s->start_q + 1, --s->n_start * sizeof *s->start_q);
             if (c->pid > 0)
                 continue;
@@ -321,7 +339,7 @@ static void sup_step(struct sup *s)
     if (s->stopping) {
         /* Everything held can never be delivered now. */
         for (size_t i = 0; i < s->n; i++) {
-            struct child *c = &s->children[i];
+            struct child *c = s->children[i];
             if (c->n_waiting) {
                 evbuffer_drain(c->waiting, evbuffer_get_length(c->waiting));
                 c->n_waiting = 0;
@@ -329,6 +347,14 @@ static void sup_step(struct sup *s)
             }
         }
         event_base_loopexit(s->base, NULL);
+    } else if (s->reloading) {
+        s->reloading = 0;
+        for (size_t i = s->n; i-- > 0;)
+            if (s->children[i]->removing && s->children[i]->pid <= 0)
+                sup_remove(s, s->children[i]);
+        log_info("reload done: %zu children", s->n);
+        if (s->reload_done)
+            s->reload_done(s->reload_arg);
     } else if (s->booting) {
         s->booting = 0;
         log_info("all %zu children running (%s)", s->n, config_strategy_name(s->cfg.strategy));
@@ -446,7 +472,7 @@ static void sup_on_heartbeat(evutil_socket_t fd, short what, void *arg)
     (void)what;
     int64_t now = sup_mono_us();
     for (size_t i = 0; i < s->n; i++) {
-        struct child *c = &s->children[i];
+        struct child *c = s->children[i];
         if (c->state != CHILD_RUNNING || c->terminating || !c->bev)
             continue;
         if (c->ping_out) {
@@ -499,10 +525,10 @@ static void sup_plan_restart(struct sup *s, struct child *c)
         break;
     }
     for (size_t j = s->n; j-- > first;)
-        if (&s->children[j] != c && s->children[j].pid > 0)
-            sup_plan_stop(s, &s->children[j]);
+        if (s->children[j] != c && s->children[j]->pid > 0)
+            sup_plan_stop(s, s->children[j]);
     for (size_t j = first; j < s->n; j++) {
-        struct child *o = &s->children[j];
+        struct child *o = s->children[j];
         /* a temporary sibling stopped by the group restart stays stopped */
         if (o == c || o->cfg.restart != RESTART_TEMPORARY)
             sup_plan_start(s, o);
@@ -547,7 +573,7 @@ static void sup_on_exit(struct child *c, int status)
         sup_step(s);
         return;
     }
-    if (s->stopping) {
+    if (s->stopping || c->removing) {
         sup_step(s);
         return;
     }
@@ -589,7 +615,7 @@ static void sup_on_sigchld(evutil_socket_t sig, short what, void *arg)
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
         for (size_t i = 0; i < s->n; i++) {
-            struct child *c = &s->children[i];
+            struct child *c = s->children[i];
             if (c->pid == pid) {
                 sup_on_exit(c, status);
                 break;
@@ -607,6 +633,47 @@ static void sup_on_sigchld(evutil_socket_t sig, short what, void *arg)
 
 /* ---- the API ---------------------------------------------------------------- */
 
+static struct child *sup_child_new(struct sup *s, const struct child_config *cfg)
+{
+    struct child *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->cfg = *cfg;
+    c->name = c->cfg.name;
+    c->sup = s;
+    c->timer = evtimer_new(s->base, sup_on_timer, c);
+    c->wait_timer = evtimer_new(s->base, sup_on_wait_timer, c);
+    c->waiting = evbuffer_new();
+    if (!c->timer || !c->wait_timer || !c->waiting) {
+        sup_child_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void sup_child_free(struct child *c)
+{
+    if (!c)
+        return;
+    if (c->bev)
+        bufferevent_free(c->bev);
+    if (c->standby.bev)
+        bufferevent_free(c->standby.bev);
+    if (c->timer)
+        event_free(c->timer);
+    if (c->wait_timer)
+        event_free(c->wait_timer);
+    if (c->waiting)
+        evbuffer_free(c->waiting);
+    free(c);
+}
+
+static void sup_reindex(struct sup *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        s->children[i]->index = (int)i;
+}
+
 struct sup *sup_new(struct event_base *base, const struct cqrsd_config *cfg,
                     const struct sup_options *opt, const struct sup_hooks *hooks)
 {
@@ -617,29 +684,21 @@ struct sup *sup_new(struct event_base *base, const struct cqrsd_config *cfg,
     s->cfg = *cfg;
     s->opt = *opt;
     s->hooks = *hooks;
-    s->n = cfg->n_children;
-    s->children = calloc(s->n ? s->n : 1, sizeof *s->children);
     s->sigchld = evsignal_new(base, SIGCHLD, sup_on_sigchld, s);
     s->heartbeat = event_new(base, -1, EV_PERSIST, sup_on_heartbeat, s);
-    if (!s->children || !s->sigchld || !s->heartbeat) {
+    if (!s->sigchld || !s->heartbeat) {
         sup_free(s);
         return NULL;
     }
     sup_policy_init(&s->policy, cfg->intensity, (int64_t)cfg->period_s * 1000000);
-    for (size_t i = 0; i < s->n; i++) {
-        struct child *c = &s->children[i];
-        c->cfg = cfg->children[i];
-        c->name = c->cfg.name;
-        c->index = (int)i;
-        c->sup = s;
-        c->timer = evtimer_new(base, sup_on_timer, c);
-        c->wait_timer = evtimer_new(base, sup_on_wait_timer, c);
-        c->waiting = evbuffer_new();
-        if (!c->timer || !c->wait_timer || !c->waiting) {
+    for (size_t i = 0; i < cfg->n_children; i++) {
+        if (!(s->children[s->n] = sup_child_new(s, &cfg->children[i]))) {
             sup_free(s);
             return NULL;
         }
+        s->n++;
     }
+    sup_reindex(s);
     return s;
 }
 
@@ -647,25 +706,127 @@ void sup_free(struct sup *s)
 {
     if (!s)
         return;
-    for (size_t i = 0; s->children && i < s->n; i++) {
-        struct child *c = &s->children[i];
-        if (c->bev)
-            bufferevent_free(c->bev);
-        if (c->standby.bev)
-            bufferevent_free(c->standby.bev);
-        if (c->timer)
-            event_free(c->timer);
-        if (c->wait_timer)
-            event_free(c->wait_timer);
-        if (c->waiting)
-            evbuffer_free(c->waiting);
-    }
+    for (size_t i = 0; i < s->n; i++)
+        sup_child_free(s->children[i]);
     if (s->sigchld)
         event_free(s->sigchld);
     if (s->heartbeat)
         event_free(s->heartbeat);
-    free(s->children);
     free(s);
+}
+
+/* A child removed by a reload is gone once it has stopped. */
+static void sup_remove(struct sup *s, struct child *c)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->children[i] == c) {
+            memmove(&s->children[i], &s->children[i + 1], (s->n - i - 1) * sizeof *s->children);
+            s->n--;
+            break;
+        }
+    sup_reindex(s);
+    log_info("child %s removed", c->name);
+    if (c->n_waiting) {
+        char why[160];
+        snprintf(why, sizeof why, "the %s worker was removed by a reload", c->name);
+        evbuffer_drain(c->waiting, evbuffer_get_length(c->waiting));
+        c->n_waiting = 0;
+        s->hooks.expire(s->hooks.arg, c, why);
+    }
+    sup_child_free(c);
+}
+
+static int sup_child_config_equal(const struct child_config *a, const struct child_config *b)
+{
+    return a->restart == b->restart && a->shutdown_ms == b->shutdown_ms;
+}
+
+int sup_reload(struct sup *s, const struct cqrsd_config *cfg, void (*done)(void *arg), void *arg)
+{
+    if (s->stopping || s->booting || s->reloading) {
+        errno = EBUSY;
+        return -1;
+    }
+    int storage_changed = memcmp(&s->cfg.storage, &cfg->storage, sizeof cfg->storage) != 0;
+    struct child *next[CONFIG_MAX_CHILDREN];
+    size_t n = 0;
+    for (size_t i = 0; i < cfg->n_children; i++) {
+        struct child *c = sup_find(s, cfg->children[i].name);
+        if (c && c->removing)
+            c = NULL;   /* removed by an earlier reload and still stopping */
+        if (!c) {
+            if (!(c = sup_child_new(s, &cfg->children[i]))) {
+                for (size_t j = 0; j < n; j++)
+                    if (!next[j]->started && next[j]->pid == 0 && !sup_find_ptr(s, next[j]))
+                        sup_child_free(next[j]);
+                errno = ENOMEM;
+                return -1;
+            }
+            log_info("reload: child %s added", c->name);
+            c->reload_start = 1;
+        } else if (!sup_child_config_equal(&c->cfg, &cfg->children[i]) || storage_changed) {
+            log_info("reload: child %s changed: restarting it", c->name);
+            c->cfg = cfg->children[i];
+            c->name = c->cfg.name;
+            c->reload_restart = 1;
+        }
+        next[n++] = c;
+    }
+    /* children no longer configured are stopped, then removed */
+    for (size_t i = 0; i < s->n; i++) {
+        struct child *c = s->children[i];
+        int kept = 0;
+        for (size_t j = 0; j < n; j++)
+            kept |= next[j] == c;
+        if (!kept) {
+            if (!c->removing)
+                log_info("reload: child %s removed from the configuration: stopping it", c->name);
+            c->removing = 1;
+            next[n++] = c;   /* stays listed until it has stopped */
+        }
+    }
+    memcpy(s->children, next, n * sizeof *next);
+    s->n = n;
+    sup_reindex(s);
+
+    unsigned old_intensity = s->cfg.intensity, old_period = s->cfg.period_s;
+    s->cfg = *cfg;
+    if (cfg->intensity != old_intensity || cfg->period_s != old_period)
+        sup_policy_init(&s->policy, cfg->intensity, (int64_t)cfg->period_s * 1000000);
+    event_del(s->heartbeat);
+    if (cfg->heartbeat_ms) {
+        struct timeval tv = { cfg->heartbeat_ms / 1000, (cfg->heartbeat_ms % 1000) * 1000 };
+        event_add(s->heartbeat, &tv);
+    }
+
+    /* the plan: removed ones stop, changed ones stop and start, new ones start */
+    for (size_t i = s->n; i-- > 0;) {
+        struct child *c = s->children[i];
+        if (c->removing) {
+            sup_standby_stop(&c->standby);
+            if (c->pid > 0)
+                sup_plan_stop(s, c);
+        } else if (c->reload_restart) {
+            sup_standby_stop(&c->standby);   /* started with the old storage options */
+            if (c->pid > 0) {
+                c->restart_requested = 1;
+                sup_plan_stop(s, c);
+            } else {
+                sup_plan_start(s, c);
+            }
+        }
+    }
+    for (size_t i = 0; i < s->n; i++) {
+        struct child *c = s->children[i];
+        if (c->reload_start)
+            sup_plan_start(s, c);
+        c->reload_start = c->reload_restart = 0;
+    }
+    s->reloading = 1;
+    s->reload_done = done;
+    s->reload_arg = arg;
+    sup_step(s);
+    return 0;
 }
 
 void sup_start(struct sup *s)
@@ -677,7 +838,7 @@ void sup_start(struct sup *s)
     }
     s->booting = 1;
     for (size_t i = 0; i < s->n; i++)
-        sup_plan_start(s, &s->children[i]);
+        sup_plan_start(s, s->children[i]);
     sup_step(s);
 }
 
@@ -691,9 +852,9 @@ void sup_stop(struct sup *s)
     s->n_stop = 0;
     event_del(s->heartbeat);
     for (size_t i = 0; i < s->n; i++)
-        sup_standby_stop(&s->children[i].standby);
+        sup_standby_stop(&s->children[i]->standby);
     for (size_t i = s->n; i-- > 0;) {
-        struct child *c = &s->children[i];
+        struct child *c = s->children[i];
         if (c->pid > 0 && !c->terminating) {
             evtimer_del(c->timer);   /* start timeouts no longer apply */
             sup_plan_stop(s, c);
@@ -728,14 +889,14 @@ size_t sup_count(const struct sup *s)
 
 struct child *sup_child(struct sup *s, size_t i)
 {
-    return i < s->n ? &s->children[i] : NULL;
+    return i < s->n ? s->children[i] : NULL;
 }
 
 struct child *sup_find(struct sup *s, const char *name)
 {
     for (size_t i = 0; i < s->n; i++)
-        if (strcmp(s->children[i].name, name) == 0)
-            return &s->children[i];
+        if (!s->children[i]->removing && strcmp(s->children[i]->name, name) == 0)
+            return s->children[i];
     return NULL;
 }
 

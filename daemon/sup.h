@@ -69,6 +69,8 @@ struct child {
     int exit_noted;                 /* last_exit already says why we killed it */
     int terminating;                /* we asked it to stop */
     int restart_requested;          /* start it again once stopped */
+    int removing;                   /* a reload removed it: gone once stopped */
+    int reload_start, reload_restart;
     int ping_out;                   /* heartbeat sent, no answer yet */
     uint8_t stats[64];              /* the last heartbeat answer (a packed WorkerStats) */
     size_t stats_len;
@@ -112,6 +114,13 @@ void sup_start(struct sup *s);
 void sup_stop(struct sup *s);
 /* 0 after a clean stop; 1 after giving up (boot failure or intensity). */
 int sup_exit_code(const struct sup *s);
+
+/* Applies a new configuration (reload): supervisor values at once; a child
+ * no longer listed is stopped and removed, a new one started, a changed
+ * one (restart type, shutdown, or any [storage] value) restarted; the rest
+ * keep running untouched. `done` is called once the plan is carried out.
+ * -1 with errno EBUSY while booting, stopping or already reloading. */
+int sup_reload(struct sup *s, const struct cqrsd_config *cfg, void (*done)(void *arg), void *arg);
 
 /* Stops `c` gracefully and starts it again (terminate_child +
  * restart_child): whatever its restart type, not counted as a crash. */
