@@ -47,6 +47,7 @@ struct daemon {
     struct sup *sup;
     struct event *watchdog, *status_timer, *sighup;
     const char *config_path;
+    int reloading;
     router_reload_done_fn reload_done;   /* who asked for the reload in progress */
     void *reload_done_arg;
 };
@@ -89,6 +90,7 @@ static void daemon_reload_applied(void *arg)
     struct daemon *d = arg;
     notify_send("READY=1");
     daemon_notify_status(d);
+    d->reloading = 0;
     if (d->reload_done)
         d->reload_done(d->reload_done_arg, 1, NULL);
     d->reload_done = NULL;
@@ -101,6 +103,12 @@ static void daemon_reload(void *arg, router_reload_done_fn done, void *done_arg)
     struct daemon *d = arg;
     struct cqrsd_config cfg;
     char err[600];
+    if (sup_busy(d->sup) || d->reloading) {
+        log_warn("reload refused: cqrsd is starting, stopping or already reloading");
+        if (done)
+            done(done_arg, -1, "cqrsd is starting, stopping or already reloading: try again");
+        return;
+    }
     if (!d->config_path)
         config_defaults(&cfg);
     else if (config_load(d->config_path, &cfg, err, sizeof err) < 0) {
@@ -109,22 +117,17 @@ static void daemon_reload(void *arg, router_reload_done_fn done, void *done_arg)
             done(done_arg, 0, err);
         return;
     }
-    if (d->reload_done) {
-        if (done)
-            done(done_arg, 0, "a reload is already in progress");
-        return;
-    }
     log_info("reloading %s", d->config_path ? d->config_path : "the built-in configuration");
     notify_send("RELOADING=1");
     if (!getenv("CQRS_DEBUG"))
         log_set_level((enum log_level)cfg.log_level);
+    d->reloading = 1;
     d->reload_done = done;
     d->reload_done_arg = done_arg;
     if (sup_reload(d->sup, &cfg, daemon_reload_applied, d) < 0) {
-        snprintf(err, sizeof err, "cannot reload now: %s",
-                 errno == EBUSY ? "cqrsd is starting, stopping or already reloading"
-                                : strerror(errno));
+        snprintf(err, sizeof err, "cannot reload: %s", strerror(errno));
         log_error("%s", err);
+        d->reloading = 0;
         d->reload_done = NULL;
         notify_send("READY=1");
         if (done)

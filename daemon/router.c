@@ -281,8 +281,9 @@ static void router_reload_done(void *arg, int ok, const char *error)
     struct conn *c;
     HASH_FIND(hh, rl->r->conns, &rl->conn_id, sizeof rl->conn_id, c);
     if (c && !c->closing)
-        router_error(c, rl->req_id, ok ? CQRS__STATUS__OK : CQRS__STATUS__INVALID, "%s",
-                     ok ? "" : error);
+        router_error(c, rl->req_id,
+                     ok > 0 ? CQRS__STATUS__OK : ok < 0 ? CQRS__STATUS__BUSY : CQRS__STATUS__INVALID,
+                     "%s", ok > 0 ? "" : error);
     free(rl);
 }
 

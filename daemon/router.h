@@ -31,8 +31,9 @@ struct router_config {
 
 struct router;
 
-/* Starts a reload; calls done(done_arg, ok, error) when it is applied or
- * refused (then `error` says why). Set by main. */
+/* Starts a reload; calls done(done_arg, ok, error) when it is applied (ok
+ * 1) or refused (0: the file is invalid; -1: busy now), `error` saying why.
+ * Set by main. */
 typedef void (*router_reload_done_fn)(void *done_arg, int ok, const char *error);
 typedef void (*router_reload_fn)(void *arg, router_reload_done_fn done, void *done_arg);
 

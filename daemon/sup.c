@@ -741,6 +741,11 @@ static int sup_child_config_equal(const struct child_config *a, const struct chi
     return a->restart == b->restart && a->shutdown_ms == b->shutdown_ms;
 }
 
+int sup_busy(const struct sup *s)
+{
+    return s->stopping || s->booting || s->reloading;
+}
+
 int sup_reload(struct sup *s, const struct cqrsd_config *cfg, void (*done)(void *arg), void *arg)
 {
     if (s->stopping || s->booting || s->reloading) {

@@ -122,6 +122,9 @@ int sup_exit_code(const struct sup *s);
  * -1 with errno EBUSY while booting, stopping or already reloading. */
 int sup_reload(struct sup *s, const struct cqrsd_config *cfg, void (*done)(void *arg), void *arg);
 
+/* Booting, stopping or reloading: no reload now. */
+int sup_busy(const struct sup *s);
+
 /* Stops `c` gracefully and starts it again (terminate_child +
  * restart_child): whatever its restart type, not counted as a crash. */
 void sup_restart_child(struct child *c);

@@ -890,3 +890,93 @@ int pgrp_wait_dead(pid_t pgid, int ms, pid_t *first)
         harness_nap_ms(10);
     return n;
 }
+
+/* --- environment and wrappers (systemd tests) ------------------------------ */
+
+extern char **environ;
+
+/* 1 if "KEY=..." entry `e` sets the same variable as "KEY=..." entry `s`. */
+static int harness_same_var(const char *e, const char *s)
+{
+    const char *eq = strchr(s, '=');
+    size_t klen = eq ? (size_t)(eq - s) : strlen(s);
+    return strncmp(e, s, klen) == 0 && e[klen] == '=';
+}
+
+void daemon_spawn_with(struct daemon *d, const char *const *env, const char *const *wrapper, ...)
+{
+    cr_assert(d->dir[0] && d->pid == 0, "daemon_spawn_with: call daemon_prepare first");
+    va_list ap;
+    va_start(ap, wrapper);
+    harness_set_extra(ap);
+    va_end(ap);
+
+    /* argv: wrapper, then cqrsd's as harness_spawn_to builds it */
+    size_t nw = 0;
+    while (wrapper && wrapper[nw])
+        nw++;
+    const char **argv = calloc(nw + 6 + HARNESS_MAX_EXTRA + 1, sizeof *argv);
+    cr_assert(argv, "out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < nw; i++)
+        argv[n++] = wrapper[i];
+    argv[n++] = CQRSD_PATH;
+    argv[n++] = "--socket";
+    argv[n++] = d->sock;
+    argv[n++] = "--data-dir";
+    argv[n++] = d->data;
+    for (int i = 0; harness_extra[i]; i++)
+        argv[n++] = harness_extra[i];
+    argv[n] = NULL;
+
+    /* envp: ours without the variables `env` sets, then `env` */
+    size_t ne = 0, nadd = 0;
+    while (environ[ne])
+        ne++;
+    while (env && env[nadd])
+        nadd++;
+    const char **envp = calloc(ne + nadd + 1, sizeof *envp);
+    cr_assert(envp, "out of memory");
+    size_t m = 0;
+    for (size_t i = 0; i < ne; i++) {
+        int replaced = 0;
+        for (size_t j = 0; j < nadd && !replaced; j++)
+            replaced = harness_same_var(environ[i], env[j]);
+        if (!replaced)
+            envp[m++] = environ[i];
+    }
+    for (size_t j = 0; j < nadd; j++)
+        envp[m++] = env[j];
+    envp[m] = NULL;
+
+    char log[320];
+    harness_log_path(d, log, sizeof log);
+    int logfd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    cr_assert(logfd >= 0, "cannot open %s: %s", log, strerror(errno));
+
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        setpgid(0, 0);
+        int null = open("/dev/null", O_RDONLY);
+        if (null < 0 || dup2(null, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
+            _exit(126);
+        harness_close_from_3();
+        harness_child_signals();
+        execve(argv[0], (char *const *)argv, (char *const *)envp);
+        dprintf(2, "harness: cannot exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(pid, pid);
+    close(logfd);
+    free(argv);
+    free(envp);
+    d->pid = pid;
+}
+
+void daemon_wait_ready(struct daemon *d)
+{
+    cr_assert(d->pid > 0, "daemon_wait_ready: cqrsd is not running");
+    harness_wait_ready(d);
+}

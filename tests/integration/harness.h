@@ -131,3 +131,21 @@ int pgrp_alive(pid_t pgid, pid_t *first);
 int pgrp_wait_dead(pid_t pgid, int ms, pid_t *first);
 
 #endif
+
+/* --- environment and wrappers (systemd tests) -------------------------------
+ *
+ * daemon_spawn_with starts cqrsd on a prepared dir (daemon_prepare) the way
+ * daemon_launch does — --socket, --data-dir, --config when prepared, then
+ * the extra arguments (NULL-terminated) — with two differences:
+ *   - `env` (NULL-terminated "KEY=VALUE" strings, or NULL) is added to its
+ *     environment, replacing a variable of the same name;
+ *   - `wrapper` (NULL-terminated argv, or NULL) is put before cqrsd's own
+ *     argv: the wrapper is run, and is expected to exec cqrsd (d->pid is the
+ *     wrapper's pid, and cqrsd's once it has exec'd);
+ * and it returns at once, without waiting for cqrsd to be ready (call
+ * daemon_wait_ready for that). stdout and stderr go to cqrsd.log. */
+void daemon_spawn_with(struct daemon *d, const char *const *env, const char *const *wrapper,
+                       ...);
+/* Waits until the socket accepts and STATUS shows every child running, as
+ * daemon_start does (asserts, with the log shown, otherwise). */
+void daemon_wait_ready(struct daemon *d);
