@@ -237,14 +237,20 @@ static int daemon_verify(const struct cqrsd_config *cfg, const char *data_dir)
     return unreadable ? 2 : problems ? 1 : 0;
 }
 
-/* cqrs-worker beside this binary (build tree), else where install put it. */
+/* cqrs-worker beside this binary (build tree), else in ../libexec/cqrsd/
+ * relative to it (an install under any prefix), else where the build said
+ * install would put it. */
 static int daemon_worker_path(char *buf, size_t len)
 {
     char self[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n > 0) {
         self[n] = '\0';
-        snprintf(buf, len, "%s/cqrs-worker", dirname(self));
+        char *dir = dirname(self);
+        snprintf(buf, len, "%s/cqrs-worker", dir);
+        if (access(buf, X_OK) == 0)
+            return 0;
+        snprintf(buf, len, "%s/../libexec/cqrsd/cqrs-worker", dir);
         if (access(buf, X_OK) == 0)
             return 0;
     }

@@ -265,6 +265,7 @@ int main(int argc, char **argv)
         return 64;
     }
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);   /* a hangup or `systemctl kill -s HUP` is cqrsd's business */
     worker_raise_nofile();
 
     if (!sopt.batch_interval_ms || !sopt.checkpoint_ms || sopt.segment_bytes <= 0 ||
