@@ -64,7 +64,7 @@ struct stream {
     int corrupt;                  /* > 0 quarantined: every request gets CORRUPT;
                                      < 0 failed (I/O): dropped after the batch */
     int batch_failed;             /* its batch never reached the journal */
-    char detail[200];             /* why, for CORRUPT replies */
+    char detail[512];             /* why, for CORRUPT replies: file and offset */
 };
 
 /* Loads the stream `id` of `type` from `path` (absent: a new, empty stream),
