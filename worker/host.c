@@ -106,6 +106,20 @@ static void host_touch(struct host *h, struct stream *s)
     }
 }
 
+/* Before a log file opens: one place free under open_files. */
+static void host_make_room(struct host *h, const struct stream *s)
+{
+    if (s && s->log && evlog_is_open(s->log))
+        return;   /* nothing will open */
+    while (h->n_open >= h->open_files && h->open) {
+        struct stream *old = h->open;
+        evlog_park(old->log);
+        DL_DELETE2(h->open, old, open_prev, open_next);
+        h->n_open--;
+        old->in_open = 0;
+    }
+}
+
 /* Removes `s` from memory (its files are untouched: the next use reloads). */
 static void host_forget(struct host *h, struct stream *s)
 {
@@ -291,6 +305,7 @@ static struct stream *host_stream(struct host *h, const char *id)
         return s;
     }
     off_t truncated;
+    host_make_room(h, NULL);
     char snap_path[PATH_MAX], note[300];
     layout_stream_file(snap_path, sizeof snap_path, h->dir, id, ".snap");
     s = stream_load(h->type, id, path, snap_path, &truncated, note, sizeof note);
@@ -320,6 +335,8 @@ static void host_reply_events(struct host *h, uint64_t tag, uint64_t id, struct 
     Cqrs__Reply r = CQRS__REPLY__INIT;
     r.status = CQRS__STATUS__OK;
     r.version = version;
+    if (s->log)
+        host_make_room(h, s);   /* reading may reopen its file */
     size_t n = last >= first ? (size_t)(last - first + 1) : 0;
     Cqrs__EventRecord **evs = n ? calloc(n, sizeof *evs) : NULL;
     if (n && !evs) {
@@ -617,6 +634,7 @@ void host_commit(struct host *h, struct evbuffer *out)
         }
         host_path(h, s->id, path, sizeof path);
         int created;
+        host_make_room(h, s);
         if (stream_commit(s, path, &created) < 0) {
             /* durable in the journal, acknowledged; the file is mended from it */
             log_error("%s %s: cannot write its log (%s); it is written again from the journal "
