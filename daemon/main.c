@@ -331,6 +331,7 @@ int main(int argc, char **argv)
         return 1;
     }
     struct router_config rcfg = { .socket_path = socket_path, .max_frame = FRAME_MAX_DEFAULT };
+    request_limits_default(&rcfg.limits);
     d.router = router_new(d.base, &rcfg);
     if (!d.router) {
         event_base_free(d.base);

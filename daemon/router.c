@@ -21,7 +21,7 @@
 #include "cqrs.pb-c.h"
 #include "frame.h"
 #include "log.h"
-#include "pbwire.h"
+#include "request.h"
 
 struct conn {
     uint64_t id;
@@ -233,19 +233,12 @@ static void router_answer(struct router *r, struct pending *p, Cqrs__Status st, 
 }
 
 static void router_route(struct router *r, struct conn *c, const Cqrs__Request *req,
-                         const char *type, const char *id, const uint8_t *body, uint32_t len)
+                         const char *type, const uint8_t *body, uint32_t len)
 {
     uint64_t req_id = req->id;
     struct child *ch = sup_find(r->sup, type);
     if (!ch) {
         router_error(c, req_id, CQRS__STATUS__INVALID, "unknown aggregate type \"%.64s\"", type);
-        return;
-    }
-    int whole_type = req->body_case == CQRS__REQUEST__BODY_QUERY &&
-                     req->query->kind == CQRS__QUERY__KIND__VERIFY && !id[0];
-    if (!whole_type && agg_id_valid(id, strlen(id)) < 0) {
-        router_error(c, req_id, CQRS__STATUS__INVALID,
-                     "aggregate id must be 1 to 128 of A-Z a-z 0-9 . _ - and not . or ..");
         return;
     }
     uint64_t key = router_key(req);
@@ -303,37 +296,25 @@ static void router_start_reload(struct router *r, struct conn *c, uint64_t req_i
 
 static void router_on_frame(struct router *r, struct conn *c, const uint8_t *body, uint32_t len)
 {
-    Cqrs__Request *req = cqrs__request__unpack(NULL, len, body);
-    if (!req) {
-        router_error(c, 0, CQRS__STATUS__INVALID, "request does not decode as cqrs.Request");
+    Cqrs__Request *req;
+    uint64_t id;
+    char err[300];
+    if (request_check(body, len, &r->cfg.limits, &req, &id, err, sizeof err) != CQRS__STATUS__OK) {
+        router_error(c, id, CQRS__STATUS__INVALID, "%s", err);
         return;
     }
-    if (pbwire_check_strings(&cqrs__request__descriptor, body, len) < 0) {
-        /* protobuf-c ends strings at a NUL: "w1\0x" would become "w1" */
-        router_error(c, req->id, CQRS__STATUS__INVALID, "request has a string with a NUL byte");
-    } else {
-        switch (req->body_case) {
-        case CQRS__REQUEST__BODY_COMMAND:
-            if (!req->command->name[0])
-                router_error(c, req->id, CQRS__STATUS__INVALID, "command has no name");
-            else
-                router_route(r, c, req, req->command->aggregate_type,
-                             req->command->aggregate_id, body, len);
-            break;
-        case CQRS__REQUEST__BODY_QUERY:
-            router_route(r, c, req, req->query->aggregate_type, req->query->aggregate_id,
-                         body, len);
-            break;
-        case CQRS__REQUEST__BODY_CONTROL:
-            if (req->control->op == CQRS__CONTROL__OP__RELOAD)
-                router_start_reload(r, c, req->id);
-            else if (control_reply(r->sup, req->id, req->control, bufferevent_get_output(c->bev)) < 0)
-                c->closing = 1;
-            break;
-        default:
-            router_error(c, req->id, CQRS__STATUS__INVALID,
-                         "request has no command, query or control");
-        }
+    switch (req->body_case) {
+    case CQRS__REQUEST__BODY_COMMAND:
+        router_route(r, c, req, req->command->aggregate_type, body, len);
+        break;
+    case CQRS__REQUEST__BODY_QUERY:
+        router_route(r, c, req, req->query->aggregate_type, body, len);
+        break;
+    default:   /* control: request_check let nothing else through */
+        if (req->control->op == CQRS__CONTROL__OP__RELOAD)
+            router_start_reload(r, c, req->id);
+        else if (control_reply(r->sup, req->id, req->control, bufferevent_get_output(c->bev)) < 0)
+            c->closing = 1;
     }
     cqrs__request__free_unpacked(req, NULL);
 }

@@ -22,11 +22,13 @@
 #include <stdint.h>
 #include <event2/event.h>
 
+#include "request.h"
 #include "sup.h"
 
 struct router_config {
     const char *socket_path;
     uint32_t max_frame;
+    struct request_limits limits;
 };
 
 struct router;
