@@ -101,6 +101,12 @@ void config_defaults(struct cqrsd_config *cfg)
     cfg->heartbeat_timeout_ms = 3000;
     cfg->standby = 1;
     cfg->log_level = LOG_LVL_INFO;
+    cfg->server = (struct server_config){
+        .socket_mode = 0660, .allow_uids = { 0 }, .n_allow_uids = 1,
+        .max_connections = 1024, .max_frame_bytes = 1u << 20, .max_inflight_per_conn = 1024,
+        .worker_queue = 10000, .read_timeout_ms = 10000, .max_string_bytes = 1024,
+        .max_metadata_entries = 32, .max_metadata_bytes = 4096,
+    };
     cfg->storage = (struct storage_config){ FSYNC_ALWAYS, 10, 1000, 64, 256, 3600, 1000,
                                             1024, 1000000, 3600 };
     for (size_t i = 0; aggregate_registry[i] && cfg->n_children < CONFIG_MAX_CHILDREN; i++) {
@@ -208,8 +214,71 @@ static int config_supervisor_key(struct config_parse *p, const char *key, const 
     return config_fail(p, "unknown key \"%s\" in [supervisor]", key);
 }
 
+/* "1, 2,3": at most CONFIG_MAX_IDS whole numbers; "" is none. */
+static int config_ids(struct config_parse *p, const char *key, const char *value, unsigned *ids,
+                      size_t *n)
+{
+    *n = 0;
+    const char *s = value;
+    while (*s) {
+        while (*s == ' ' || *s == ',')
+            s++;
+        if (!*s)
+            break;
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(s, &end, 10);
+        if (end == s || errno || v > 4294967294ul || *n == CONFIG_MAX_IDS ||
+            (*end && *end != ',' && *end != ' '))
+            return config_fail(p, "%s in [server] must be up to %d comma-separated numbers, "
+                                  "not \"%s\"", key, CONFIG_MAX_IDS, value);
+        ids[(*n)++] = (unsigned)v;
+        s = end;
+    }
+    return 1;
+}
+
 static int config_server_key(struct config_parse *p, const char *key, const char *value)
 {
+    struct server_config *sv = &p->cfg->server;
+    const char *s = "server";
+    if (strcmp(key, "socket_mode") == 0) {
+        char *end;
+        unsigned long m = strtoul(value, &end, 8);
+        if (!*value || *end || m > 0777)
+            return config_fail(p, "socket_mode in [server] must be an octal mode such as 0660, "
+                                  "not \"%s\"", value);
+        sv->socket_mode = (unsigned)m;
+        return 1;
+    }
+    if (strcmp(key, "socket_group") == 0) {
+        if (strlen(value) >= sizeof sv->socket_group)
+            return config_fail(p, "socket_group in [server] is too long");
+        snprintf(sv->socket_group, sizeof sv->socket_group, "%s", value);
+        return 1;
+    }
+    if (strcmp(key, "allow_uids") == 0)
+        return config_ids(p, key, value, sv->allow_uids, &sv->n_allow_uids);
+    if (strcmp(key, "allow_gids") == 0)
+        return config_ids(p, key, value, sv->allow_gids, &sv->n_allow_gids);
+    if (strcmp(key, "admin_uids") == 0)
+        return config_ids(p, key, value, sv->admin_uids, &sv->n_admin_uids);
+    if (strcmp(key, "max_connections") == 0)
+        return config_uint(p, s, key, value, 1, 1000000, &sv->max_connections);
+    if (strcmp(key, "max_frame_bytes") == 0)
+        return config_uint(p, s, key, value, 1024, 64u << 20, &sv->max_frame_bytes);
+    if (strcmp(key, "max_inflight_per_conn") == 0)
+        return config_uint(p, s, key, value, 1, 1000000, &sv->max_inflight_per_conn);
+    if (strcmp(key, "worker_queue") == 0)
+        return config_uint(p, s, key, value, 0, 10000000, &sv->worker_queue);
+    if (strcmp(key, "read_timeout_ms") == 0)
+        return config_uint(p, s, key, value, 1, 3600000, &sv->read_timeout_ms);
+    if (strcmp(key, "max_string_bytes") == 0)
+        return config_uint(p, s, key, value, 128, 1u << 20, &sv->max_string_bytes);
+    if (strcmp(key, "max_metadata_entries") == 0)
+        return config_uint(p, s, key, value, 0, 100000, &sv->max_metadata_entries);
+    if (strcmp(key, "max_metadata_bytes") == 0)
+        return config_uint(p, s, key, value, 0, 1u << 20, &sv->max_metadata_bytes);
     if (strcmp(key, "log_level") == 0) {
         enum log_level lvl;
         if (log_level_parse(value, &lvl) < 0)

@@ -13,6 +13,19 @@
  *
  *   [server]
  *   log_level = info              ; error | warning | info | debug
+ *   socket_mode = 0660            ; the client socket's mode (octal)
+ *   socket_group =                ; its group (name or number); empty: unchanged
+ *   allow_uids = 0                ; peers let in (SO_PEERCRED), besides cqrsd's own
+ *   allow_gids =                  ;   user and group; comma-separated numbers
+ *   admin_uids =                  ; if set, only these may kill, restart, reload
+ *   max_connections = 1024        ; beyond: accepted and closed at once
+ *   max_frame_bytes = 1048576     ; a larger frame: INVALID, connection closed
+ *   max_inflight_per_conn = 1024  ; beyond: cqrsd stops reading that connection
+ *   worker_queue = 10000          ; requests held per restarting worker (BUSY beyond)
+ *   read_timeout_ms = 10000       ; a frame begun must complete within this
+ *   max_string_bytes = 1024       ; aggregate type, id, command name, command_id
+ *   max_metadata_entries = 32     ; per command
+ *   max_metadata_bytes = 4096     ; keys and values of one command
  *
  *   [storage]                     ; handed to every worker
  *   fsync = always                ; always | batch | never
@@ -65,8 +78,26 @@ struct storage_config {
     unsigned idle_timeout_s;
 };
 
+#define CONFIG_MAX_IDS 32
+
+struct server_config {
+    unsigned socket_mode;
+    char socket_group[64];          /* "" : unchanged */
+    unsigned allow_uids[CONFIG_MAX_IDS], allow_gids[CONFIG_MAX_IDS], admin_uids[CONFIG_MAX_IDS];
+    size_t n_allow_uids, n_allow_gids, n_admin_uids;
+    unsigned max_connections;
+    unsigned max_frame_bytes;
+    unsigned max_inflight_per_conn;
+    unsigned worker_queue;
+    unsigned read_timeout_ms;
+    unsigned max_string_bytes;
+    unsigned max_metadata_entries;
+    unsigned max_metadata_bytes;
+};
+
 struct cqrsd_config {
     int log_level;                  /* enum log_level of lib/log.h */
+    struct server_config server;
     enum sup_strategy strategy;
     unsigned intensity;
     unsigned period_s;

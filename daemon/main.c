@@ -309,6 +309,14 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     notify_init();   /* and out of the environment the workers inherit */
 
+    umask(077);   /* data dir 0700, logs 0600, whatever the caller's umask */
+    struct stat dst;
+    if (geteuid() == 0 && stat(data_dir, &dst) == 0 && dst.st_uid != 0) {
+        log_error("refusing to run as root on %s, which belongs to uid %d: whoever owns it could "
+                  "make root follow links planted there; run cqrsd as that user, or give the "
+                  "directory to root", data_dir, (int)dst.st_uid);
+        return 1;
+    }
     char worker[PATH_MAX];
     if (daemon_worker_path(worker, sizeof worker) < 0) {
         log_error("cannot find cqrs-worker beside cqrsd nor at %s", CQRS_WORKER_INSTALLED);
@@ -330,8 +338,12 @@ int main(int argc, char **argv)
         log_error("cannot create the event loop");
         return 1;
     }
-    struct router_config rcfg = { .socket_path = socket_path, .max_frame = FRAME_MAX_DEFAULT };
-    request_limits_default(&rcfg.limits);
+    struct router_config rcfg = { .socket_path = socket_path,
+                                  .max_frame = cfg.server.max_frame_bytes,
+                                  .server = cfg.server };
+    rcfg.limits = (struct request_limits){ cfg.server.max_string_bytes,
+                                           cfg.server.max_metadata_entries,
+                                           cfg.server.max_metadata_bytes };
     d.router = router_new(d.base, &rcfg);
     if (!d.router) {
         event_base_free(d.base);
@@ -341,7 +353,7 @@ int main(int argc, char **argv)
         .worker_path = worker,
         .data_dir = data_abs,
         .wait_timeout_ms = 5000,
-        .wait_limit = 10000,
+        .wait_limit = cfg.server.worker_queue,
     };
     struct sup_hooks hooks = router_sup_hooks(d.router);
     hooks.booted = daemon_on_booted;

@@ -2,6 +2,7 @@
 #include "router.h"
 
 #include <errno.h>
+#include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +30,11 @@ struct conn {
     struct router *router;
     int closing;              /* flush what is queued, then close */
     int eof;                  /* the client shut down its side: close once answered */
+    int paused;               /* max_inflight_per_conn reached: not read until answered */
     size_t inflight;          /* requests of this connection inside workers */
+    uid_t uid;                /* the peer, from SO_PEERCRED */
+    pid_t pid;
+    struct event *partial;    /* a frame begun must complete in read_timeout_ms */
     UT_hash_handle hh;
 };
 
@@ -93,10 +98,29 @@ static struct poison *router_poison(struct router *r, const struct child *ch, in
     return p;
 }
 
+static int router_id_in(unsigned id, const unsigned *ids, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] == id)
+            return 1;
+    return 0;
+}
+
+/* cqrsd's own user and group, and root, are always let in. */
+static int router_peer_allowed(const struct router *r, const struct ucred *cred)
+{
+    const struct server_config *sv = &r->cfg.server;
+    return cred->uid == 0 || cred->uid == geteuid() || cred->gid == getegid() ||
+           router_id_in(cred->uid, sv->allow_uids, sv->n_allow_uids) ||
+           router_id_in(cred->gid, sv->allow_gids, sv->n_allow_gids);
+}
+
 static void router_conn_free(struct conn *c)
 {
     struct router *r = c->router;
     HASH_DEL(r->conns, c);
+    if (c->partial)
+        event_free(c->partial);
     bufferevent_free(c->bev);
     free(c);
     if (r->draining && !r->conns)
@@ -216,6 +240,12 @@ static void router_conn_answered(struct conn *c)
     if (c->eof && c->inflight == 0 && !c->closing) {
         c->closing = 1;
         router_on_write(c->bev, c);
+    } else if (c->paused && c->inflight < c->router->cfg.server.max_inflight_per_conn) {
+        /* backpressure lifted: what waits in its buffer goes on (deferred,
+         * so a worker's reply callback does not route new requests) */
+        c->paused = 0;
+        bufferevent_enable(c->bev, EV_READ);
+        bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS | BEV_TRIG_IGNORE_WATERMARKS);
     }
 }
 
@@ -311,7 +341,11 @@ static void router_on_frame(struct router *r, struct conn *c, const uint8_t *bod
         router_route(r, c, req, req->query->aggregate_type, body, len);
         break;
     default:   /* control: request_check let nothing else through */
-        if (req->control->op == CQRS__CONTROL__OP__RELOAD)
+        if (req->control->op != CQRS__CONTROL__OP__STATUS && r->cfg.server.n_admin_uids &&
+            !router_id_in(c->uid, r->cfg.server.admin_uids, r->cfg.server.n_admin_uids))
+            router_error(c, req->id, CQRS__STATUS__REJECTED,
+                         "permission denied: uid %d is not in admin_uids", (int)c->uid);
+        else if (req->control->op == CQRS__CONTROL__OP__RELOAD)
             router_start_reload(r, c, req->id);
         else if (control_reply(r->sup, req->id, req->control, bufferevent_get_output(c->bev)) < 0)
             c->closing = 1;
@@ -332,10 +366,28 @@ static void router_on_read(struct bufferevent *bev, void *arg)
     struct router *r = c->router;
     struct evbuffer *in = bufferevent_get_input(bev);
     struct frame f;
-    enum frame_status st;
-    while (!c->closing && (st = frame_next(in, r->cfg.max_frame, &f)) == FRAME_OK) {
+    enum frame_status st = FRAME_NEED_MORE;
+    while (!c->closing) {
+        if (c->inflight >= r->cfg.server.max_inflight_per_conn) {
+            /* backpressure through the socket: the client's writes block */
+            c->paused = 1;
+            bufferevent_disable(bev, EV_READ);
+            break;
+        }
+        if ((st = frame_next(in, r->cfg.max_frame, &f)) != FRAME_OK)
+            break;
         router_on_frame(r, c, f.body, f.len);
         frame_consume(in, &f);
+    }
+    /* slowloris: a frame begun must be whole within read_timeout_ms */
+    if (!c->closing && !c->paused && evbuffer_get_length(in) > 0) {
+        if (!evtimer_pending(c->partial, NULL)) {
+            unsigned ms = r->cfg.server.read_timeout_ms;
+            struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+            evtimer_add(c->partial, &tv);
+        }
+    } else {
+        evtimer_del(c->partial);
     }
     if (!c->closing && st == FRAME_TOO_BIG) {
         router_error(c, 0, CQRS__STATUS__INVALID, "frame of %u bytes is over the limit of %u bytes",
@@ -347,6 +399,17 @@ static void router_on_read(struct bufferevent *bev, void *arg)
         evbuffer_drain(in, evbuffer_get_length(in));
         router_on_write(bev, c);
     }
+}
+
+static void router_on_partial_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    (void)fd;
+    (void)what;
+    log_warn("connection %llu (uid %d, pid %d): a frame begun %u ms ago is still incomplete; "
+             "closing it", (unsigned long long)c->id, (int)c->uid, (int)c->pid,
+             c->router->cfg.server.read_timeout_ms);
+    router_conn_free(c);
 }
 
 static void router_on_event(struct bufferevent *bev, short what, void *arg)
@@ -372,16 +435,45 @@ static void router_on_accept(struct evconnlistener *l, evutil_socket_t fd, struc
     (void)l;
     (void)sa;
     (void)salen;
-    struct conn *c = calloc(1, sizeof *c);
-    if (!c || !(c->bev = bufferevent_socket_new(r->base, fd, BEV_OPT_CLOSE_ON_FREE))) {
-        log_error("out of memory accepting a connection");
-        free(c);
+    const struct server_config *sv = &r->cfg.server;
+    struct ucred cred;
+    socklen_t clen = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0) {
+        log_error("cannot read a new connection's credentials: %s; closing it", strerror(errno));
         close(fd);
+        return;
+    }
+    if (!router_peer_allowed(r, &cred)) {
+        log_warn("refused a connection from uid %d (pid %d): not in allow_uids or allow_gids",
+                 (int)cred.uid, (int)cred.pid);
+        close(fd);
+        return;
+    }
+    if (HASH_COUNT(r->conns) >= sv->max_connections) {
+        log_warn("refused a connection from uid %d (pid %d): max_connections (%u) reached",
+                 (int)cred.uid, (int)cred.pid, sv->max_connections);
+        close(fd);
+        return;
+    }
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c || !(c->bev = bufferevent_socket_new(r->base, fd, BEV_OPT_CLOSE_ON_FREE)) ||
+        !(c->partial = evtimer_new(r->base, router_on_partial_timeout, c))) {
+        log_error("out of memory accepting a connection");
+        if (c && c->bev)
+            bufferevent_free(c->bev);
+        else
+            close(fd);
+        free(c);
         return;
     }
     c->id = ++r->next_conn;
     c->router = r;
+    c->uid = cred.uid;
+    c->pid = cred.pid;
     bufferevent_set_max_single_read(c->bev, 256 << 10);
+    /* memory per connection: what is read but not yet handled stays under
+     * one whole frame and a read's worth */
+    bufferevent_setwatermark(c->bev, EV_READ, 0, (size_t)r->cfg.max_frame + (256 << 10));
     bufferevent_setcb(c->bev, router_on_read, router_on_write, router_on_event, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     HASH_ADD(hh, r->conns, id, sizeof c->id, c);
@@ -396,14 +488,15 @@ static void router_on_listen_error(struct evconnlistener *l, void *arg)
 
 /* ---- supervisor hooks ---------------------------------------------------- */
 
-static void router_on_reply(void *arg, struct child *ch, uint64_t tag, const uint8_t *body, size_t len)
+static int router_on_reply(void *arg, struct child *ch, uint64_t tag, const uint8_t *body, size_t len)
 {
     struct router *r = arg;
     struct pending *p;
     HASH_FIND(hh, r->pending, &tag, sizeof tag, p);
     if (!p || p->child != ch) {
-        log_warn("child %s answered unknown request %llu; ignored", ch->name, (unsigned long long)tag);
-        return;
+        log_error("child %s answered request %llu, which it was never given", ch->name,
+                  (unsigned long long)tag);
+        return -1;
     }
     struct conn *c;
     HASH_FIND(hh, r->conns, &p->conn_id, sizeof p->conn_id, c);
@@ -415,6 +508,7 @@ static void router_on_reply(void *arg, struct child *ch, uint64_t tag, const uin
             c->closing = 1;
         router_conn_answered(c);
     }
+    return 0;
 }
 
 uint64_t router_served(const struct router *r)
@@ -548,6 +642,33 @@ static int router_activated_fd(void)
     return fd;
 }
 
+/* The socket's mode and group, whatever the umask ([server] socket_mode,
+ * socket_group): who may connect at all; SO_PEERCRED decides the rest. */
+static int router_socket_access(const char *path, const struct server_config *sv)
+{
+    if (chmod(path, (mode_t)sv->socket_mode) < 0) {
+        log_error("cannot set the mode of %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (!sv->socket_group[0])
+        return 0;
+    char *end;
+    unsigned long gid = strtoul(sv->socket_group, &end, 10);
+    if (*end) {
+        struct group *g = getgrnam(sv->socket_group);
+        if (!g) {
+            log_error("socket_group \"%s\" is no group of this system", sv->socket_group);
+            return -1;
+        }
+        gid = g->gr_gid;
+    }
+    if (chown(path, (uid_t)-1, (gid_t)gid) < 0) {
+        log_error("cannot give %s to group %lu: %s", path, gid, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 struct router *router_new(struct event_base *base, const struct router_config *cfg)
 {
     struct router *r = calloc(1, sizeof *r);
@@ -558,8 +679,14 @@ struct router *router_new(struct event_base *base, const struct router_config *c
     r->path = strdup(cfg->socket_path);
     int fd = router_activated_fd();
     r->activated = fd >= 0;
-    if (fd < 0)
+    if (fd < 0) {
         fd = r->path ? router_bind(r->path) : -1;
+        if (fd >= 0 && router_socket_access(r->path, &cfg->server) < 0) {
+            close(fd);
+            unlink(r->path);
+            fd = -1;
+        }
+    }
     if (fd < 0) {
         free(r->path);
         free(r);

@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <event2/event.h>
 
+#include "config.h"
 #include "request.h"
 #include "sup.h"
 
@@ -29,6 +30,7 @@ struct router_config {
     const char *socket_path;
     uint32_t max_frame;
     struct request_limits limits;
+    struct server_config server;    /* access control and limits ([server]) */
 };
 
 struct router;

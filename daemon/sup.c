@@ -400,16 +400,20 @@ static void sup_dispatch(struct child *c, struct evbuffer *in)
                 c->stats_len = f.len <= sizeof c->stats ? f.len : 0;
                 memcpy(c->stats, f.body, c->stats_len);
             }
-        } else if (c->state == CHILD_RUNNING) {
-            c->sup->hooks.reply(c->sup->hooks.arg, c, f.tag, f.body, f.len);
+        } else if (c->state == CHILD_RUNNING &&
+                   c->sup->hooks.reply(c->sup->hooks.arg, c, f.tag, f.body, f.len) < 0) {
+            st = FRAME_TOO_BIG;   /* a reply to nothing: as bad as a malformed frame */
+            frame_consume(in, &f);
+            break;
         }
         frame_consume(in, &f);
         if (!c->bev)
             return;   /* a hook closed this child */
     }
     if (st == FRAME_TOO_BIG && c->pid > 0) {
-        log_error("child %s (pid %d) sent a malformed frame; killing it", c->name, (int)c->pid);
-        snprintf(c->last_exit, sizeof c->last_exit, "killed: sent a malformed frame");
+        log_error("child %s (pid %d) sent a malformed or unexpected frame; killing it", c->name,
+                  (int)c->pid);
+        snprintf(c->last_exit, sizeof c->last_exit, "killed: sent a malformed or unexpected frame");
         c->exit_noted = 1;
         bufferevent_disable(bev, EV_READ);
         kill(c->pid, SIGKILL);

@@ -84,8 +84,9 @@ struct child {
 
 struct sup_hooks {
     void *arg;
-    /* A reply frame body (tag removed) from `c`. */
-    void (*reply)(void *arg, struct child *c, uint64_t tag, const uint8_t *body, size_t len);
+    /* A reply frame body (tag removed) from `c`; -1 when `tag` answers no
+     * request of `c` (the worker is confused: it is killed). */
+    int (*reply)(void *arg, struct child *c, uint64_t tag, const uint8_t *body, size_t len);
     /* `c` died while running: answer what it had in hand. */
     void (*down)(void *arg, struct child *c, const char *reason);
     /* `c`'s held requests timed out, or will never be delivered. */

@@ -612,6 +612,16 @@ void host_stats(const struct host *h, Cqrs__WorkerStats *out)
 
 void host_commit(struct host *h, struct evbuffer *out)
 {
+    /* TEST ONLY: CQRS_TEST_WORKER_GARBAGE=<aggregate id> makes the batch that
+     * touches that id answer with a malformed frame instead of its replies,
+     * so the tests can show that cqrsd kills and replaces a confused worker. */
+    const char *garbage = getenv("CQRS_TEST_WORKER_GARBAGE");
+    for (size_t i = 0; garbage && garbage[0] && i < h->n_replies; i++) {
+        if (h->replies[i].stream && strcmp(h->replies[i].stream->id, garbage) == 0) {
+            evbuffer_add(out, "\0\0\0\2xx", 6);   /* a frame too short to hold a tag */
+            break;
+        }
+    }
     char path[PATH_MAX];
     /* journal first: one write, one sync, for every stream of the batch */
     int journal_failed = 0;
