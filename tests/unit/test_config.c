@@ -105,6 +105,29 @@ Test(config, storage_section_and_worker_args)
         cr_assert_str_eq(argv[i], want[i]);
 }
 
+Test(config, server_section)
+{
+    cr_assert_eq(load("[server]\nsocket_mode = 0600\nsocket_group = adm\nallow_uids = 1000, 1001\n"
+                      "allow_gids =\nadmin_uids = 0\nmax_connections = 4\nmax_frame_bytes = 4096\n"
+                      "max_inflight_per_conn = 8\nworker_queue = 5\nread_timeout_ms = 300\n"
+                      "max_string_bytes = 200\nmax_metadata_entries = 2\nmax_metadata_bytes = 64\n"
+                      "log_level = debug\n[child wallet]\n"), 0, "%s", err);
+    cr_assert_eq(cfg.server.socket_mode, 0600);
+    cr_assert_str_eq(cfg.server.socket_group, "adm");
+    cr_assert_eq(cfg.server.n_allow_uids, 2);
+    cr_assert_eq(cfg.server.allow_uids[1], 1001);
+    cr_assert_eq(cfg.server.n_allow_gids, 0);
+    cr_assert_eq(cfg.server.n_admin_uids, 1);
+    cr_assert_eq(cfg.server.max_connections, 4);
+    cr_assert_eq(cfg.server.worker_queue, 5);
+    cr_assert_eq(cfg.server.read_timeout_ms, 300);
+    cr_assert_eq(cfg.server.max_metadata_bytes, 64);
+    expect_error("[server]\nsocket_mode = 0999\n[child wallet]\n", 2, "socket_mode");
+    expect_error("[server]\nallow_uids = 1, x\n[child wallet]\n", 2, "allow_uids");
+    expect_error("[server]\nmax_connections = 0\n[child wallet]\n", 2, "max_connections");
+    expect_error("[server]\nlog_level = loud\n[child wallet]\n", 2, "log_level");
+}
+
 Test(config, transient_and_explicit_shutdown)
 {
     cr_assert_eq(load("[child wallet]\nrestart = transient\nshutdown_ms = 250\n"), 0, "%s", err);

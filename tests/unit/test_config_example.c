@@ -21,6 +21,8 @@ Test(config_example, shipped_file_equals_the_built_in_defaults)
     cr_assert_eq(file.heartbeat_timeout_ms, builtin.heartbeat_timeout_ms);
     cr_assert_eq(file.standby, builtin.standby);
     cr_assert_eq(file.log_level, builtin.log_level);
+    cr_assert_eq(memcmp(&file.server, &builtin.server, sizeof file.server), 0,
+                 "[server] differs from the built-in defaults");
     cr_assert_eq(memcmp(&file.storage, &builtin.storage, sizeof file.storage), 0,
                  "[storage] differs from the built-in defaults");
     cr_assert_eq(file.n_children, builtin.n_children);
