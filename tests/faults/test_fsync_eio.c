@@ -516,7 +516,7 @@ Test(fsync_eio, a_failed_fdatasync_fails_the_batch_and_keeps_nothing_of_it)
             Cqrs__Reply *r = NULL;
             cr_assert(cqrs_client_recv(c, ids[2 * k], &r) == 0, "recv: %s", strerror(errno));
             char what[80];
-            snprintf(what, sizeof what, "pipelined TopUp %s", wallets[k].id);
+            snprintf(what, sizeof what, "pipelined TopUp %.48s", wallets[k].id);
             expect_io_error(r, what);
             cqrs__reply__free_unpacked(r, NULL);
             r = NULL;

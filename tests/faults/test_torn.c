@@ -338,7 +338,7 @@ static int torn_files(const char *id, char *first, size_t len)
         if (strncmp(e->d_name, prefix, strlen(prefix)) != 0)
             continue;
         if (n++ == 0)
-            snprintf(first, len, "%s/%s", dir, e->d_name);
+            snprintf(first, len, "%.3000s/%.255s", dir, e->d_name);
     }
     closedir(dp);
     return n;

@@ -351,7 +351,7 @@ static void check_workers_env(const char *marker)
     for (size_t i = 0; i < n && i < HARNESS_MAX_CHILDREN; i++) {
         cr_assert(st[i].pid > 0, "child %s has no pid", st[i].name);
         char what[100];
-        snprintf(what, sizeof what, "the %s worker", st[i].name);
+        snprintf(what, sizeof what, "the %.64s worker", st[i].name);
         check_worker_env(st[i].pid, what, marker, 1);
     }
     pid_t all[64];
