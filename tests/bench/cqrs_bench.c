@@ -4,11 +4,13 @@
  *   cqrs-bench [--socket PATH | --spawn] [--connections N] [--depth D]
  *              [--commands N] [--aggregates A] [--kills K] [--events N]
  *              [--journal-mb MB] [--fsync always|batch|never] [--json]
+ *              [--data-dir DIR] [--wallets N] [--scale-sizes A,B,...]
  *              SCENARIO...
  *
  * Scenarios:
  *   sync       1 connection, 1 request in flight
  *   pipelined  N connections (default 4) x D requests in flight (default 64)
+ *   clients    32 connections x 1 request in flight: many synchronous clients
  *   restart    (--spawn only) SIGKILL the wallet worker --kills times (default
  *              100): time from the kill to the first answered command on a
  *              small wallet (its replay included), beside the time to
@@ -31,15 +33,44 @@
  *              --journal-mb MB (default 1,024), then SIGKILL the wallet
  *              worker and time from the kill to the first OK TopUp: the
  *              journal recovery of every unchecked event included
+ *   limits     what the machine allows, measured in the same run so that the
+ *              other figures can be quoted as ratios of it: fdatasync_per_s
+ *              (100-byte appends to a fresh file, each followed by
+ *              fdatasync, for at least 2 s and 2,000 appends, in the data
+ *              directory: the spawned cqrsd's with --spawn, else --data-dir,
+ *              default var), socket_rtt_us (median round trip of 1 byte over
+ *              a socketpair between this process and a forked echo child,
+ *              10,000 times) and spawn_us (median posix_spawn + waitpid of
+ *              /bin/true, 2,000 times)
+ *   memory     (--spawn only) its own cqrsd (fsync = never, snapshot_every =
+ *              0, max_aggregates above N, idle_timeout_s = 0, open_files =
+ *              1024): one TopUp to each of --wallets N wallets (default
+ *              1,000,000; ids mem-0 .. mem-<N-1>), 4 connections x 256 in
+ *              flight; the wallet worker's VmRSS (/proc/<pid>/status, pid
+ *              from STATUS) before the load (baseline: a fresh worker) and
+ *              after, and bytes_per_aggregate = (rss - baseline) / N
+ *   scale      sync and pipelined at each of --scale-sizes aggregates
+ *              (default 1000,100000,1000000), --commands each; every run has
+ *              wallet ids of its own (scale-<size>-s-<n>, scale-<size>-p-<n>),
+ *              so on a spawned cqrsd the first touch of each wallet creates
+ *              its file: the figures include that, and each line says how
+ *              many distinct wallets the run touched. Then the throughput at
+ *              the largest size over the one at the smallest
  * The loads send TopUp amount=1 to wallets picked at random among A (default
  * 1,000) through the project's client library, one thread per connection.
- * sync, pipelined and journal print commands/s and latency percentiles over
- * every request. --spawn starts its own cqrsd on a temporary directory
- * (removed after): one shared by sync, pipelined and restart (fsync from
+ * sync, pipelined, clients, journal, memory and scale print commands/s and
+ * latency percentiles over every request. --spawn starts its own cqrsd on a
+ * temporary directory (removed after): one shared by sync, pipelined,
+ * clients, restart, scale and limits (fsync from
  * --fsync, default always), one for replay and snapshot, one for journal,
- * one for recovery; every spawned cqrsd heartbeats every 100 ms, so the
- * counters in STATUS are fresh 300 ms after a load. Nothing is asserted:
- * the program prints figures (warnings on stderr).
+ * one for recovery, one for memory (limits measures in the shared one's
+ * data directory); every spawned cqrsd heartbeats every 100 ms, so the
+ * counters in STATUS are fresh 300 ms after a load. Latency percentiles are
+ * p50, p99 and p999 (the 99.9th; of few samples, it is the largest). Every
+ * --json line has "scenario" and "fsync": the fsync mode of the cqrsd it
+ * ran against (the --fsync given for a cqrsd we did not start, "unknown"
+ * without one). Nothing is asserted: the program prints figures (warnings on
+ * stderr).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -53,6 +84,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -71,6 +103,17 @@
 #define REPLAY_ID "replay-w"
 #define RECOVERY_IN_FLIGHT 256
 #define RECOVERY_PROBE "recovery-probe"
+#define CLIENTS_CONNECTIONS 32
+#define MEMORY_CONNECTIONS 4
+#define MEMORY_DEPTH 256
+#define MEMORY_PREFIX "mem-"
+#define MAX_WALLETS 90000000u         /* max_aggregates (<= 100,000,000) must be above */
+#define MAX_SCALE_SIZES 16
+#define MAX_SCALE_SIZE 100000000u
+#define LIMITS_SYNCS 2000             /* limits: at least this many appends + fdatasync ... */
+#define LIMITS_SYNC_S 2.0             /* ... and for at least this long */
+#define LIMITS_RTTS 10000             /* socketpair round trips */
+#define LIMITS_SPAWNS 2000            /* posix_spawn + waitpid of /bin/true */
 
 struct bench {
     const char *socket;
@@ -78,7 +121,34 @@ struct bench {
     unsigned long commands, events, journal_mb;
     const char *fsync;
     int json, spawn;
+    int fsync_given;             /* --fsync given: the mode of a cqrsd we did not start */
+    const char *data_dir;        /* limits without --spawn */
+    unsigned wallets;            /* memory */
+    unsigned scale_sizes[MAX_SCALE_SIZES];
+    size_t n_scale_sizes;
 };
+
+/* The fsync mode of the shared cqrsd (or the one at --socket), for output. */
+static const char *daemon_fsync(const struct bench *b)
+{
+    return b->spawn || b->fsync_given ? b->fsync : "unknown";
+}
+
+/* Writes `s` as a JSON string. */
+static void json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            printf("\\%c", ch);
+        else if (ch < 0x20)
+            printf("\\u%04x", ch);
+        else
+            putchar(ch);
+    }
+    putchar('"');
+}
 
 static double now_s(void)
 {
@@ -100,11 +170,30 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* The q-quantile of `n` values already sorted (0 for none). */
+static double sorted_pct(const double *v, size_t n, double q)
+{
+    if (n == 0)
+        return 0;
+    size_t i = (size_t)(q * (double)n);
+    return v[i < n ? i : n - 1];
+}
+
 static double percentile(double *v, size_t n, double q)
 {
     qsort(v, n, sizeof *v, cmp_double);
-    size_t i = (size_t)(q * (double)n);
-    return v[i < n ? i : n - 1];
+    return sorted_pct(v, n, q);
+}
+
+struct pcts {
+    double p50, p99, p999;
+};
+
+/* Sorts v and takes its percentiles. */
+static struct pcts pcts_of(double *v, size_t n)
+{
+    qsort(v, n, sizeof *v, cmp_double);
+    return (struct pcts){ sorted_pct(v, n, 0.5), sorted_pct(v, n, 0.99), sorted_pct(v, n, 0.999) };
 }
 
 static size_t pack_top_up(uint8_t *buf)
@@ -127,6 +216,10 @@ struct daemon_conf {
     unsigned checkpoint_ms;     /* 0: the default */
     unsigned start_timeout_ms;  /* 0: the default */
     unsigned heartbeat_timeout_ms;   /* 0: the default */
+    unsigned open_files;        /* 0: the default */
+    unsigned max_aggregates;    /* 0: the default */
+    int set_idle_timeout;       /* 0: the default idle_timeout_s */
+    unsigned idle_timeout_s;
 };
 
 /* A fresh temporary directory for a daemon (nothing started). */
@@ -162,6 +255,12 @@ static int daemon_configure(const struct daemon *d, const struct daemon_conf *dc
         fprintf(f, "snapshot_every = %d\n", dc->snapshot_every);
     if (dc->checkpoint_ms)
         fprintf(f, "checkpoint_ms = %u\n", dc->checkpoint_ms);
+    if (dc->open_files)
+        fprintf(f, "open_files = %u\n", dc->open_files);
+    if (dc->max_aggregates)
+        fprintf(f, "max_aggregates = %u\n", dc->max_aggregates);
+    if (dc->set_idle_timeout)
+        fprintf(f, "idle_timeout_s = %u\n", dc->idle_timeout_s);
     fputs("[child wallet]\n[child account]\n", f);
     return fclose(f) == 0 ? 0 : -1;
 }
@@ -249,7 +348,8 @@ static int daemon_spawn(struct daemon *d, const struct daemon_conf *dc)
 struct child_status {
     pid_t pid;
     int running;
-    uint64_t batches, events, journal_syncs, position, checkpoint;
+    uint64_t batches, events, journal_syncs, position, checkpoint, aggregates;
+    uint32_t open_files;
 };
 
 static int child_status(struct cqrs_client *c, const char *name, struct child_status *out)
@@ -270,6 +370,8 @@ static int child_status(struct cqrs_client *c, const char *name, struct child_st
             out->journal_syncs = ci->stats->journal_syncs;
             out->position = ci->stats->position;
             out->checkpoint = ci->stats->checkpoint;
+            out->aggregates = ci->stats->aggregates;
+            out->open_files = ci->stats->open_files;
         }
     }
     cqrs__reply__free_unpacked(r, NULL);
@@ -305,6 +407,9 @@ struct load {
     const char *prefix;          /* wallet ids: <prefix><n>, n < aggregates */
     unsigned aggregates, conns, depth;
     unsigned long per_conn;      /* commands per connection; 0: until `stop` */
+    int sequential;              /* 1: each wallet once, in order: connection i sends
+                                  * i, i + conns, ... below `aggregates` (per_conn must
+                                  * be at least aggregates / conns, rounded up) */
     atomic_int stop;
     atomic_uint active;          /* connections still working */
     atomic_ulong done;           /* answered commands, every connection */
@@ -324,6 +429,13 @@ struct load_result {
     double *lat_us;              /* sorted, `commands` of them; NULL for open loads */
 };
 
+/* The next wallet of a random load; connection i's sequence starts from seed
+ * 12345 + i, so that the wallets a load touched can be counted after it. */
+static unsigned wallet_pick(unsigned *seed, unsigned aggregates)
+{
+    return (unsigned)rand_r(seed) % aggregates;
+}
+
 static void *bench_conn(void *p)
 {
     struct worker_arg *w = p;
@@ -338,6 +450,11 @@ static void *bench_conn(void *p)
     size_t plen = pack_top_up(payload);
     unsigned seed = 12345u + w->index;
     unsigned long issued = 0;
+    int open = l->per_conn == 0;
+    unsigned long limit = l->per_conn;
+    if (l->sequential)
+        limit = w->index < l->aggregates
+                    ? (l->aggregates - w->index + l->conns - 1) / l->conns : 0;
     char id[64];
     Cqrs__Request req = CQRS__REQUEST__INIT;
     Cqrs__Command cmd = CQRS__COMMAND__INIT;
@@ -349,9 +466,11 @@ static void *bench_conn(void *p)
     cmd.payload.data = payload;
     cmd.payload.len = plen;
     for (;;) {
-        int more = l->per_conn ? issued < l->per_conn : !atomic_load(&l->stop);
+        int more = open ? !atomic_load(&l->stop) : issued < limit;
         while (more && issued - w->done < l->depth) {
-            snprintf(id, sizeof id, "%s%u", l->prefix, (unsigned)(rand_r(&seed) % l->aggregates));
+            unsigned n = l->sequential ? (unsigned)(w->index + issued * l->conns)
+                                       : wallet_pick(&seed, l->aggregates);
+            snprintf(id, sizeof id, "%s%u", l->prefix, n);
             uint64_t rid;
             if (cqrs_client_send(c, &req, &rid) < 0) {
                 w->error = errno;
@@ -359,8 +478,8 @@ static void *bench_conn(void *p)
             }
             sent[rid % l->depth] = now_s();   /* ids are consecutive: no two in flight alike */
             issued++;
-            if (l->per_conn)
-                more = issued < l->per_conn;
+            if (!open)
+                more = issued < limit;
         }
         if (w->done == issued)
             break;   /* nothing more to send, nothing in flight */
@@ -394,6 +513,7 @@ static void load_init(struct load *l, const char *socket, const char *prefix, un
     l->conns = conns;
     l->depth = depth;
     l->per_conn = per_conn;
+    l->sequential = 0;
     atomic_init(&l->stop, 0);
     atomic_init(&l->active, conns);
     atomic_init(&l->done, 0);
@@ -438,6 +558,13 @@ static int run_load(struct load *l, void (*watch)(struct load *, void *), void *
             error = w[i].error;
     }
     res->secs = now_s() - t0;
+    if (lat) {   /* connections may have answered different numbers: close the gaps */
+        size_t k = 0;
+        for (unsigned i = 0; i < started; i++) {
+            memmove(lat + k, w[i].lat_us, w[i].done * sizeof *lat);
+            k += w[i].done;
+        }
+    }
     free(w), free(th);
     if (error) {
         fprintf(stderr, "cqrs-bench: %s: %s\n", name, strerror(error));
@@ -456,33 +583,88 @@ static void print_table_header(const struct bench *b)
     if (b->json || printed)
         return;
     printed = 1;
-    printf("%-10s %5s %5s %9s %7s %8s %12s %9s %9s %9s\n", "scenario", "conns", "depth",
-           "commands", "failed", "seconds", "commands/s", "p50_us", "p99_us", "p999_us");
+    printf("%-10s %5s %5s %9s %7s %8s %12s %9s %9s %9s %s\n", "scenario", "conns", "depth",
+           "commands", "failed", "seconds", "commands/s", "p50_us", "p99_us", "p999_us", "fsync");
+}
+
+/* What a closed load (a fixed number of commands) measured. */
+struct run_figures {
+    unsigned conns, depth;
+    unsigned long commands, failed;
+    unsigned long distinct;      /* wallets touched */
+    double secs, per_s;
+    struct pcts lat;             /* us */
+};
+
+/* Wallets among `aggregates` that connections 0 .. conns-1 of a random load
+ * touched with `per_conn` commands each (their picks again); 0 without memory. */
+static unsigned long count_distinct(unsigned aggregates, unsigned conns, unsigned long per_conn)
+{
+    unsigned char *seen = calloc(aggregates / 8 + 1, 1);
+    if (!seen)
+        return 0;
+    unsigned long distinct = 0;
+    for (unsigned i = 0; i < conns; i++) {
+        unsigned seed = 12345u + i;
+        for (unsigned long k = 0; k < per_conn; k++) {
+            unsigned n = wallet_pick(&seed, aggregates);
+            if (!(seen[n / 8] & (1u << (n % 8)))) {
+                seen[n / 8] |= (unsigned char)(1u << (n % 8));
+                distinct++;
+            }
+        }
+    }
+    free(seen);
+    return distinct;
+}
+
+/* `commands` TopUps (rounded down to a multiple of conns, at least one per
+ * connection) to wallets <prefix><n>, n random below `aggregates`. */
+static int closed_load(const char *socket, const char *prefix, unsigned aggregates,
+                       unsigned conns, unsigned depth, unsigned long commands, const char *name,
+                       struct run_figures *f)
+{
+    struct load l;
+    struct load_result res;
+    unsigned long per_conn = commands / conns ? commands / conns : 1;
+    memset(f, 0, sizeof *f);
+    load_init(&l, socket, prefix, aggregates, conns, depth, per_conn);
+    if (run_load(&l, NULL, NULL, &res, name) < 0)
+        return -1;
+    f->conns = conns;
+    f->depth = depth;
+    f->commands = res.commands;
+    f->failed = res.failed;
+    f->secs = res.secs;
+    f->per_s = res.secs > 0 ? res.commands / res.secs : 0;
+    f->lat = (struct pcts){ sorted_pct(res.lat_us, res.commands, 0.5),
+                            sorted_pct(res.lat_us, res.commands, 0.99),
+                            sorted_pct(res.lat_us, res.commands, 0.999) };
+    f->distinct = count_distinct(aggregates, conns, per_conn);
+    free(res.lat_us);
+    return 0;
 }
 
 static int run_scenario(const struct bench *b, const char *name, unsigned conns, unsigned depth)
 {
-    struct load l;
-    struct load_result res;
-    load_init(&l, b->socket, "bench-", b->aggregates, conns, depth, b->commands / conns);
-    if (run_load(&l, NULL, NULL, &res, name) < 0)
+    struct run_figures f;
+    if (closed_load(b->socket, "bench-", b->aggregates, conns, depth, b->commands, name, &f) < 0)
         return -1;
-    unsigned long n = res.commands;
-    double *lat = res.lat_us;
-    double p50 = lat[n / 2], p99 = lat[(size_t)(n * 0.99)], p999 = lat[(size_t)(n * 0.999)];
     if (b->json)
-        printf("{\"scenario\":\"%s\",\"connections\":%u,\"depth\":%u,\"commands\":%lu,"
-               "\"failed\":%lu,\"seconds\":%.3f,\"commands_per_s\":%.0f,\"p50_us\":%.1f,"
-               "\"p99_us\":%.1f,\"p999_us\":%.1f}\n",
-               name, conns, depth, n, res.failed, res.secs, n / res.secs, p50, p99, p999);
+        printf("{\"scenario\":\"%s\",\"fsync\":\"%s\",\"connections\":%u,\"depth\":%u,"
+               "\"commands\":%lu,\"failed\":%lu,\"seconds\":%.3f,\"commands_per_s\":%.0f,"
+               "\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"aggregates\":%u,"
+               "\"distinct_wallets\":%lu}\n",
+               name, daemon_fsync(b), conns, depth, f.commands, f.failed, f.secs, f.per_s,
+               f.lat.p50, f.lat.p99, f.lat.p999, b->aggregates, f.distinct);
     else {
         print_table_header(b);
-        printf("%-10s %5u %5u %9lu %7lu %8.3f %12.0f %9.1f %9.1f %9.1f\n", name, conns, depth, n,
-               res.failed, res.secs, n / res.secs, p50, p99, p999);
+        printf("%-10s %5u %5u %9lu %7lu %8.3f %12.0f %9.1f %9.1f %9.1f %s\n", name, conns, depth,
+               f.commands, f.failed, f.secs, f.per_s, f.lat.p50, f.lat.p99, f.lat.p999,
+               daemon_fsync(b));
     }
     fflush(stdout);
-    free(lat);
-    return res.failed ? -1 : 0;
+    return f.failed ? -1 : 0;
 }
 
 /* ---- restart ------------------------------------------------------------------- */
@@ -548,16 +730,17 @@ static int run_restart(const struct bench *b)
         lat[k] = (now_s() - t0) * 1e6;
         spawn[k] = spawn_once_us();
     }
-    double p50 = percentile(lat, b->kills, 0.5), p99 = percentile(lat, b->kills, 0.99);
+    struct pcts pl = pcts_of(lat, b->kills);
     double s50 = percentile(spawn, b->kills, 0.5);
     if (b->json)
-        printf("{\"scenario\":\"restart\",\"kills\":%u,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
-               "\"spawn_us\":%.1f,\"retries\":%lu}\n", b->kills, p50 / 1000, p99 / 1000, s50,
+        printf("{\"scenario\":\"restart\",\"fsync\":\"%s\",\"kills\":%u,\"p50_ms\":%.3f,"
+               "\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"spawn_us\":%.1f,\"retries\":%lu}\n",
+               daemon_fsync(b), b->kills, pl.p50 / 1000, pl.p99 / 1000, pl.p999 / 1000, s50,
                retries);
     else
-        printf("restart    kills %u: kill -> first answered command p50 %.3f ms, p99 %.3f ms; "
-               "bare posix_spawn+wait of /bin/true p50 %.1f us; %lu UNAVAILABLE retries\n",
-               b->kills, p50 / 1000, p99 / 1000, s50, retries);
+        printf("restart    kills %u: kill -> first answered command p50 %.3f ms, p99 %.3f ms, "
+               "p999 %.3f ms; bare posix_spawn+wait of /bin/true p50 %.1f us; %lu UNAVAILABLE "
+               "retries\n", b->kills, pl.p50 / 1000, pl.p99 / 1000, pl.p999 / 1000, s50, retries);
     fflush(stdout);
     free(lat), free(spawn);
     cqrs_client_free(c);
@@ -777,9 +960,10 @@ static int run_replay(const struct bench *b, struct fixture *fx)
     note_heartbeat("replay", ms[LOAD_RUNS - 1]);
     double eps = fx->events / (med / 1e3);
     if (b->json)
-        printf("{\"scenario\":\"replay\",\"events\":%lu,\"runs\":%d,\"cache\":\"warm\","
-               "\"replay_ms\":%.1f,\"min_ms\":%.1f,\"max_ms\":%.1f,\"events_per_s\":%.0f}\n",
-               fx->events, LOAD_RUNS, med, ms[0], ms[LOAD_RUNS - 1], eps);
+        printf("{\"scenario\":\"replay\",\"fsync\":\"%s\",\"events\":%lu,\"runs\":%d,"
+               "\"cache\":\"warm\",\"replay_ms\":%.1f,\"min_ms\":%.1f,\"max_ms\":%.1f,"
+               "\"events_per_s\":%.0f}\n",
+               b->fsync, fx->events, LOAD_RUNS, med, ms[0], ms[LOAD_RUNS - 1], eps);
     else
         printf("replay     %lu events, first STATE (full replay, page cache warm): replay_ms "
                "%.1f (median of %d; %.1f .. %.1f), events_per_s %.0f\n",
@@ -841,9 +1025,10 @@ static int run_snapshot(const struct bench *b, struct fixture *fx)
         goto out;
     double med = median3(ms);
     if (b->json)
-        printf("{\"scenario\":\"snapshot\",\"events\":%lu,\"runs\":%d,\"snapshot_load_ms\":%.3f,"
-               "\"min_ms\":%.3f,\"max_ms\":%.3f,\"first_command_ms\":%.1f}\n",
-               fx->events, LOAD_RUNS, med, ms[0], ms[LOAD_RUNS - 1], first_ms);
+        printf("{\"scenario\":\"snapshot\",\"fsync\":\"%s\",\"events\":%lu,\"runs\":%d,"
+               "\"snapshot_load_ms\":%.3f,\"min_ms\":%.3f,\"max_ms\":%.3f,"
+               "\"first_command_ms\":%.1f}\n",
+               b->fsync, fx->events, LOAD_RUNS, med, ms[0], ms[LOAD_RUNS - 1], first_ms);
     else
         printf("snapshot   %lu events, first STATE after RESTART (snapshot load): "
                "snapshot_load_ms %.3f (median of %d; %.3f .. %.3f); the TopUp that wrote it "
@@ -916,22 +1101,24 @@ static int run_journal(const struct bench *b)
                 (int)after.pid);
     unsigned long n = res.commands;
     double *lat = res.lat_us;
-    double p50 = lat[n / 2], p99 = lat[(size_t)(n * 0.99)];
+    double p50 = sorted_pct(lat, n, 0.5), p99 = sorted_pct(lat, n, 0.99);
+    double p999 = sorted_pct(lat, n, 0.999);
+    const char *fsync = b->spawn ? "always" : daemon_fsync(b);
     uint64_t syncs = after.journal_syncs - before.journal_syncs;
     uint64_t events = after.events - before.events;
     double per_sync = syncs ? (double)events / (double)syncs : 0;
     if (b->json)
-        printf("{\"scenario\":\"journal\",\"connections\":%u,\"depth\":%u,\"commands\":%lu,"
-               "\"failed\":%lu,\"seconds\":%.3f,\"commands_per_s\":%.0f,\"p50_us\":%.1f,"
-               "\"p99_us\":%.1f,\"events\":%llu,\"journal_syncs\":%llu,"
-               "\"journal_syncs_per_s\":%.0f,\"commands_per_sync\":%.1f}\n",
-               l.conns, l.depth, n, res.failed, res.secs, n / res.secs, p50, p99,
+        printf("{\"scenario\":\"journal\",\"fsync\":\"%s\",\"connections\":%u,\"depth\":%u,"
+               "\"commands\":%lu,\"failed\":%lu,\"seconds\":%.3f,\"commands_per_s\":%.0f,"
+               "\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"events\":%llu,"
+               "\"journal_syncs\":%llu,\"journal_syncs_per_s\":%.0f,\"commands_per_sync\":%.1f}\n",
+               fsync, l.conns, l.depth, n, res.failed, res.secs, n / res.secs, p50, p99, p999,
                (unsigned long long)events, (unsigned long long)syncs, syncs / res.secs, per_sync);
     else
-        printf("journal    %u x %u, fsync always: %lu commands (%lu failed) in %.3f s: "
-               "commands_per_s %.0f, p50 %.1f us, p99 %.1f us; %llu events, %llu journal syncs: "
-               "journal_syncs_per_s %.0f, commands_per_sync %.1f\n",
-               l.conns, l.depth, n, res.failed, res.secs, n / res.secs, p50, p99,
+        printf("journal    %u x %u, fsync %s: %lu commands (%lu failed) in %.3f s: "
+               "commands_per_s %.0f, p50 %.1f us, p99 %.1f us, p999 %.1f us; %llu events, %llu "
+               "journal syncs: journal_syncs_per_s %.0f, commands_per_sync %.1f\n",
+               l.conns, l.depth, fsync, n, res.failed, res.secs, n / res.secs, p50, p99, p999,
                (unsigned long long)events, (unsigned long long)syncs, syncs / res.secs, per_sync);
     fflush(stdout);
     rc = res.failed ? -1 : 0;
@@ -1056,10 +1243,11 @@ static int run_recovery(const struct bench *b)
                 "start_timeout_ms (%d): with it, the restarted worker would be killed before "
                 "it is ready\n", ms, DEFAULT_START_TIMEOUT_MS);
     if (b->json)
-        printf("{\"scenario\":\"recovery\",\"connections\":%u,\"depth\":%u,\"commands\":%lu,"
-               "\"failed\":%lu,\"seconds\":%.3f,\"commands_per_s\":%.0f,\"journal_mb\":%.1f,"
-               "\"unchecked_events\":%llu,\"recovery_ms\":%.1f,\"retries\":%lu}\n",
-               l.conns, l.depth, res.commands, res.failed, res.secs, res.commands / res.secs,
+        printf("{\"scenario\":\"recovery\",\"fsync\":\"%s\",\"connections\":%u,\"depth\":%u,"
+               "\"commands\":%lu,\"failed\":%lu,\"seconds\":%.3f,\"commands_per_s\":%.0f,"
+               "\"journal_mb\":%.1f,\"unchecked_events\":%llu,\"recovery_ms\":%.1f,"
+               "\"retries\":%lu}\n",
+               b->fsync, l.conns, l.depth, res.commands, res.failed, res.secs, res.commands / res.secs,
                size / 1048576.0, (unsigned long long)unchecked, ms, retries);
     else
         printf("recovery   journal_mb %.1f, unchecked_events %llu (loaded by %lu commands in "
@@ -1074,6 +1262,317 @@ out:
     return rc;
 }
 
+/* ---- limits -------------------------------------------------------------------- */
+
+/* 100-byte appends to a fresh file in `dir`, each followed by fdatasync, until
+ * there were LIMITS_SYNCS of them and LIMITS_SYNC_S passed. *lat_out gets the
+ * time of each (us; free it), *n_out their number, *secs_out the time of all. */
+static int measure_fdatasync(const char *dir, double **lat_out, size_t *n_out, double *secs_out)
+{
+    char path[4096];
+    *lat_out = NULL;
+    if ((size_t)snprintf(path, sizeof path, "%s/cqrs-bench-fdatasync.XXXXXX", dir) >= sizeof path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    int fd = mkostemp(path, O_APPEND | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    uint8_t rec[100];
+    memset(rec, 'r', sizeof rec);
+    size_t n = 0, cap = 0;
+    double *lat = NULL, t0 = now_s(), t = t0;
+    int rc = 0;
+    while (n < LIMITS_SYNCS || t - t0 < LIMITS_SYNC_S) {
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 4096;
+            double *nl = realloc(lat, ncap * sizeof *nl);
+            if (!nl) {
+                errno = ENOMEM;
+                rc = -1;
+                break;
+            }
+            lat = nl;
+            cap = ncap;
+        }
+        double a = now_s();
+        if (write_all(fd, rec, sizeof rec) < 0 || fdatasync(fd) < 0) {
+            rc = -1;
+            break;
+        }
+        t = now_s();
+        lat[n++] = (t - a) * 1e6;
+    }
+    int e = errno;
+    close(fd);
+    unlink(path);
+    if (rc < 0) {
+        free(lat);
+        errno = e;
+        return -1;
+    }
+    *lat_out = lat;
+    *n_out = n;
+    *secs_out = t - t0;
+    return 0;
+}
+
+/* `n` round trips of one byte over a socketpair to a forked echo process
+ * (after 100 not counted); lat[] gets each (us). */
+static int measure_socket_rtt(double *lat, size_t n)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(sv[0]), close(sv[1]);
+        errno = e;
+        return -1;
+    }
+    if (pid == 0) {   /* echo until the other end closes */
+        close(sv[0]);
+        char ch;
+        for (;;) {
+            ssize_t r = read(sv[1], &ch, 1);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r != 1 || write(sv[1], &ch, 1) != 1)
+                _exit(0);
+        }
+    }
+    close(sv[1]);
+    const size_t warm = 100;
+    int rc = 0;
+    char ch = 'x';
+    for (size_t i = 0; i < warm + n; i++) {
+        double t0 = now_s();
+        ssize_t r = write(sv[0], &ch, 1) == 1 ? read(sv[0], &ch, 1) : -1;
+        if (r != 1) {
+            if (r == 0)
+                errno = ECONNRESET;
+            rc = -1;
+            break;
+        }
+        if (i >= warm)
+            lat[i - warm] = (now_s() - t0) * 1e6;
+    }
+    int e = errno;
+    close(sv[0]);
+    waitpid(pid, NULL, 0);
+    errno = e;
+    return rc;
+}
+
+static int run_limits(const struct bench *b, const char *data_dir)
+{
+    double *sync_lat = NULL, secs = 0;
+    size_t n_sync = 0;
+    double *rtt = calloc(LIMITS_RTTS, sizeof *rtt), *spawn = calloc(LIMITS_SPAWNS, sizeof *spawn);
+    int rc = -1;
+    if (!rtt || !spawn) {
+        fprintf(stderr, "cqrs-bench: limits: out of memory\n");
+        goto out;
+    }
+    if (measure_fdatasync(data_dir, &sync_lat, &n_sync, &secs) < 0) {
+        fprintf(stderr, "cqrs-bench: limits: appends + fdatasync in %s: %s\n", data_dir,
+                strerror(errno));
+        goto out;
+    }
+    if (measure_socket_rtt(rtt, LIMITS_RTTS) < 0) {
+        fprintf(stderr, "cqrs-bench: limits: socketpair round trips: %s\n", strerror(errno));
+        goto out;
+    }
+    for (size_t i = 0; i < LIMITS_SPAWNS; i++)
+        if ((spawn[i] = spawn_once_us()) < 0) {
+            fprintf(stderr, "cqrs-bench: limits: posix_spawn /bin/true failed\n");
+            goto out;
+        }
+    double per_s = secs > 0 ? n_sync / secs : 0;
+    struct pcts ps = pcts_of(sync_lat, n_sync);
+    struct pcts pr = pcts_of(rtt, LIMITS_RTTS);
+    struct pcts pp = pcts_of(spawn, LIMITS_SPAWNS);
+    if (b->json) {
+        printf("{\"scenario\":\"limits\",\"fsync\":\"%s\",\"data_dir\":", daemon_fsync(b));
+        json_string(data_dir);
+        printf(",\"fdatasync_per_s\":%.0f,\"fdatasync_iterations\":%zu,\"fdatasync_seconds\":%.3f,"
+               "\"fdatasync_p50_us\":%.1f,\"fdatasync_p99_us\":%.1f,\"fdatasync_p999_us\":%.1f,"
+               "\"socket_rtt_us\":%.2f,\"socket_rtt_iterations\":%d,\"socket_rtt_p99_us\":%.2f,"
+               "\"socket_rtt_p999_us\":%.2f,\"spawn_us\":%.1f,\"spawn_iterations\":%d,"
+               "\"spawn_p99_us\":%.1f,\"spawn_p999_us\":%.1f}\n",
+               per_s, n_sync, secs, ps.p50, ps.p99, ps.p999, pr.p50, LIMITS_RTTS, pr.p99, pr.p999,
+               pp.p50, LIMITS_SPAWNS, pp.p99, pp.p999);
+    } else
+        printf("limits     %s: fdatasync_per_s %.0f (%zu appends of 100 bytes + fdatasync in "
+               "%.3f s; each p50 %.1f us, p99 %.1f us, p999 %.1f us); socket_rtt_us %.2f "
+               "(median of %d round trips of 1 byte over a socketpair; p99 %.2f, p999 %.2f); "
+               "spawn_us %.1f (median of %d posix_spawn + waitpid of /bin/true; p99 %.1f, "
+               "p999 %.1f)\n",
+               data_dir, per_s, n_sync, secs, ps.p50, ps.p99, ps.p999, pr.p50, LIMITS_RTTS,
+               pr.p99, pr.p999, pp.p50, LIMITS_SPAWNS, pp.p99, pp.p999);
+    fflush(stdout);
+    rc = 0;
+out:
+    free(sync_lat), free(rtt), free(spawn);
+    return rc;
+}
+
+/* ---- memory -------------------------------------------------------------------- */
+
+/* The value in kB of `key` ("VmRSS", "VmHWM") in /proc/<pid>/status, or -1. */
+static long proc_kb(pid_t pid, const char *key)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t klen = strlen(key);
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, key, klen) == 0 && line[klen] == ':') {
+            kb = strtol(line + klen + 1, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return kb;
+}
+
+static int run_memory(const struct bench *b)
+{
+    unsigned n = b->wallets, extra = n / 10 > 1000 ? n / 10 : 1000;
+    struct daemon d;
+    struct daemon_conf dc = { .fsync = "never", .snapshot_every = 0, .max_aggregates = n + extra,
+                              .set_idle_timeout = 1, .idle_timeout_s = 0, .open_files = 1024 };
+    if (daemon_spawn(&d, &dc) < 0)
+        return -1;
+    int rc = -1;
+    struct child_status before, after;
+    struct load l;
+    struct load_result res = { 0 };
+    struct cqrs_client *c = cqrs_client_connect(d.sock);
+    if (!c) {
+        fprintf(stderr, "cqrs-bench: memory: %s\n", strerror(errno));
+        goto out;
+    }
+    if (!wait_running(c, "wallet", 0, 30000)) {
+        fprintf(stderr, "cqrs-bench: memory: the wallet worker is not running\n");
+        goto out;
+    }
+    /* a heartbeat and then some: the standby worker is being started meanwhile */
+    if (fresh_stats(c, BENCH_HEARTBEAT_MS, &before, "memory") < 0)
+        goto out;
+    long base_kb = proc_kb(before.pid, "VmRSS");
+    if (base_kb < 0) {
+        fprintf(stderr, "cqrs-bench: memory: no VmRSS in /proc/%d/status\n", (int)before.pid);
+        goto out;
+    }
+    load_init(&l, d.sock, MEMORY_PREFIX, n, MEMORY_CONNECTIONS, MEMORY_DEPTH,
+              (n + MEMORY_CONNECTIONS - 1) / MEMORY_CONNECTIONS);
+    l.sequential = 1;
+    if (run_load(&l, NULL, NULL, &res, "memory") < 0)
+        goto out;
+    if (fresh_stats(c, BENCH_HEARTBEAT_MS, &after, "memory") < 0)
+        goto out;
+    if (after.pid != before.pid) {
+        fprintf(stderr, "cqrs-bench: memory: the wallet worker changed (pid %d -> %d) during "
+                "the load: no figure\n", (int)before.pid, (int)after.pid);
+        goto out;
+    }
+    long rss_kb = proc_kb(after.pid, "VmRSS"), hwm_kb = proc_kb(after.pid, "VmHWM");
+    if (rss_kb < 0) {
+        fprintf(stderr, "cqrs-bench: memory: no VmRSS in /proc/%d/status\n", (int)after.pid);
+        goto out;
+    }
+    if (after.aggregates != n)
+        fprintf(stderr, "cqrs-bench: memory: warning: the worker holds %llu aggregates, not "
+                "%u\n", (unsigned long long)after.aggregates, n);
+    double bpa = ((double)rss_kb - (double)base_kb) * 1024.0 / n;
+    unsigned long cmds = res.commands;
+    struct pcts p = { sorted_pct(res.lat_us, cmds, 0.5), sorted_pct(res.lat_us, cmds, 0.99),
+                      sorted_pct(res.lat_us, cmds, 0.999) };
+    double per_s = res.secs > 0 ? cmds / res.secs : 0;
+    if (b->json)
+        printf("{\"scenario\":\"memory\",\"fsync\":\"never\",\"wallets\":%u,\"connections\":%u,"
+               "\"depth\":%u,\"commands\":%lu,\"failed\":%lu,\"seconds\":%.3f,"
+               "\"commands_per_s\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
+               "\"aggregates_in_memory\":%llu,\"open_files\":%u,\"rss_mb\":%.1f,"
+               "\"baseline_mb\":%.1f,\"peak_mb\":%.1f,\"bytes_per_aggregate\":%.0f}\n",
+               n, l.conns, l.depth, cmds, res.failed, res.secs, per_s, p.p50, p.p99, p.p999,
+               (unsigned long long)after.aggregates, after.open_files, rss_kb / 1024.0,
+               base_kb / 1024.0, hwm_kb / 1024.0, bpa);
+    else
+        printf("memory     %u wallets, one TopUp each (%u x %u, fsync never): %lu commands "
+               "(%lu failed) in %.3f s, commands_per_s %.0f, p50 %.1f us, p99 %.1f us, p999 "
+               "%.1f us; wallet worker: %llu aggregates in memory, %u files open, rss_mb %.1f, "
+               "baseline_mb %.1f (fresh worker), peak_mb %.1f: bytes_per_aggregate %.0f\n",
+               n, l.conns, l.depth, cmds, res.failed, res.secs, per_s, p.p50, p.p99, p.p999,
+               (unsigned long long)after.aggregates, after.open_files, rss_kb / 1024.0,
+               base_kb / 1024.0, hwm_kb / 1024.0, bpa);
+    fflush(stdout);
+    rc = res.failed ? -1 : 0;
+out:
+    free(res.lat_us);
+    cqrs_client_free(c);
+    daemon_destroy(&d);
+    return rc;
+}
+
+/* ---- scale --------------------------------------------------------------------- */
+
+static int run_scale(const struct bench *b)
+{
+    static const char *const loads[2] = { "sync", "pipelined" };
+    double per_s[MAX_SCALE_SIZES][2];
+    int rc = 0;
+    size_t lo = 0, hi = 0;
+    for (size_t i = 0; i < b->n_scale_sizes; i++) {
+        unsigned size = b->scale_sizes[i];
+        if (size < b->scale_sizes[lo])
+            lo = i;
+        if (size > b->scale_sizes[hi])
+            hi = i;
+        for (int k = 0; k < 2; k++) {
+            unsigned conns = k ? b->connections : 1, depth = k ? b->depth : 1;
+            char prefix[48], name[64];
+            snprintf(prefix, sizeof prefix, "scale-%u-%c-", size, k ? 'p' : 's');
+            snprintf(name, sizeof name, "scale %s %u", loads[k], size);
+            struct run_figures f;
+            if (closed_load(b->socket, prefix, size, conns, depth, b->commands, name, &f) < 0)
+                return -1;
+            per_s[i][k] = f.per_s;
+            if (f.failed)
+                rc = -1;
+            if (b->json)
+                printf("{\"scenario\":\"scale\",\"fsync\":\"%s\",\"load\":\"%s\",\"aggregates\":%u,"
+                       "\"distinct_wallets\":%lu,\"connections\":%u,\"depth\":%u,"
+                       "\"commands\":%lu,\"failed\":%lu,\"seconds\":%.3f,\"commands_per_s\":%.0f,"
+                       "\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f}\n",
+                       daemon_fsync(b), loads[k], size, f.distinct, conns, depth, f.commands,
+                       f.failed, f.secs, f.per_s, f.lat.p50, f.lat.p99, f.lat.p999);
+            else
+                printf("scale      %-9s aggregates %u (%lu distinct wallets touched), %u x %u, "
+                       "fsync %s: %lu commands (%lu failed) in %.3f s: commands_per_s %.0f, "
+                       "p50 %.1f us, p99 %.1f us, p999 %.1f us\n",
+                       loads[k], size, f.distinct, conns, depth, daemon_fsync(b), f.commands,
+                       f.failed, f.secs, f.per_s, f.lat.p50, f.lat.p99, f.lat.p999);
+            fflush(stdout);
+        }
+    }
+    double rs = per_s[lo][0] > 0 ? per_s[hi][0] / per_s[lo][0] : 0;
+    double rp = per_s[lo][1] > 0 ? per_s[hi][1] / per_s[lo][1] : 0;
+    if (b->json)
+        printf("{\"scenario\":\"scale\",\"fsync\":\"%s\",\"summary\":\"largest/smallest\","
+               "\"smallest\":%u,\"largest\":%u,\"sync_ratio\":%.3f,\"pipelined_ratio\":%.3f}\n",
+               daemon_fsync(b), b->scale_sizes[lo], b->scale_sizes[hi], rs, rp);
+    else
+        printf("scale      throughput at %u aggregates / at %u: sync %.3f, pipelined %.3f\n",
+               b->scale_sizes[hi], b->scale_sizes[lo], rs, rp);
+    fflush(stdout);
+    return rc;
+}
+
 /* ---- main -------------------------------------------------------------------- */
 
 static void usage(FILE *f)
@@ -1081,21 +1580,48 @@ static void usage(FILE *f)
     fprintf(f, "usage: cqrs-bench [--socket PATH | --spawn] [--connections N] [--depth D]\n"
                "                  [--commands N] [--aggregates A] [--kills K] [--events N]\n"
                "                  [--journal-mb MB] [--fsync always|batch|never] [--json]\n"
-               "                  sync|pipelined|restart|replay|snapshot|journal|recovery ...\n");
+               "                  [--data-dir DIR] [--wallets N] [--scale-sizes A,B,...]\n"
+               "                  sync|pipelined|clients|restart|replay|snapshot|journal|\n"
+               "                  recovery|limits|memory|scale ...\n");
+}
+
+/* "1000,100000,1000000" into b->scale_sizes. */
+static int parse_sizes(struct bench *b, const char *arg)
+{
+    const char *p = arg;
+    b->n_scale_sizes = 0;
+    for (;;) {
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(p, &end, 10);
+        if (end == p || errno || v == 0 || v > MAX_SCALE_SIZE || *p == '-' ||
+            b->n_scale_sizes == MAX_SCALE_SIZES)
+            return -1;
+        b->scale_sizes[b->n_scale_sizes++] = (unsigned)v;
+        if (*end == '\0')
+            return 0;
+        if (*end != ',')
+            return -1;
+        p = end + 1;
+    }
 }
 
 int main(int argc, char **argv)
 {
     struct bench b = { .socket = "var/cqrsd.sock", .connections = 4, .depth = 64,
                        .aggregates = 1000, .commands = 200000, .kills = 100,
-                       .events = 1000000, .journal_mb = 1024, .fsync = "always" };
+                       .events = 1000000, .journal_mb = 1024, .fsync = "always",
+                       .data_dir = "var", .wallets = 1000000,
+                       .scale_sizes = { 1000, 100000, 1000000 }, .n_scale_sizes = 3 };
     static const struct option opts[] = {
         { "socket", required_argument, NULL, 's' }, { "spawn", no_argument, NULL, 'S' },
         { "connections", required_argument, NULL, 'c' }, { "depth", required_argument, NULL, 'd' },
         { "commands", required_argument, NULL, 'n' }, { "aggregates", required_argument, NULL, 'a' },
         { "kills", required_argument, NULL, 'k' }, { "events", required_argument, NULL, 'e' },
         { "journal-mb", required_argument, NULL, 'm' }, { "fsync", required_argument, NULL, 'f' },
-        { "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
+        { "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' },
+        { "data-dir", required_argument, NULL, 'D' }, { "wallets", required_argument, NULL, 'w' },
+        { "scale-sizes", required_argument, NULL, 'z' }, { NULL, 0, NULL, 0 },
     };
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1109,22 +1635,39 @@ int main(int argc, char **argv)
         case 'k': b.kills = (unsigned)atoi(optarg); break;
         case 'e': b.events = strtoul(optarg, NULL, 10); break;
         case 'm': b.journal_mb = strtoul(optarg, NULL, 10); break;
-        case 'f': b.fsync = optarg; break;
+        case 'f': b.fsync = optarg, b.fsync_given = 1; break;
+        case 'D': b.data_dir = optarg; break;
+        case 'w': {
+            char *end;
+            errno = 0;
+            unsigned long v = strtoul(optarg, &end, 10);
+            b.wallets = *end || errno || *optarg == '-' || v > MAX_WALLETS ? 0 : (unsigned)v;
+            break;
+        }
+        case 'z':
+            if (parse_sizes(&b, optarg) < 0) {
+                fprintf(stderr, "cqrs-bench: --scale-sizes: a comma-separated list of 1 to %d "
+                        "sizes, each 1 .. %u\n", MAX_SCALE_SIZES, MAX_SCALE_SIZE);
+                return 64;
+            }
+            break;
         case 'j': b.json = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 64;
         }
     }
     if (optind >= argc || !b.connections || !b.depth || !b.aggregates || !b.commands || !b.kills ||
-        !b.events || !b.journal_mb || b.commands < b.connections ||
+        !b.events || !b.journal_mb || b.commands < b.connections || !b.wallets ||
         (strcmp(b.fsync, "always") && strcmp(b.fsync, "batch") && strcmp(b.fsync, "never"))) {
         usage(stderr);
         return 64;
     }
     for (int i = optind; i < argc; i++) {
         static const char *const names[] = { "sync", "pipelined", "restart", "replay",
-                                             "snapshot", "journal", "recovery" };
-        static const char *const spawn_only[] = { "restart", "replay", "snapshot", "recovery" };
+                                             "snapshot", "journal", "recovery", "limits",
+                                             "clients", "memory", "scale" };
+        static const char *const spawn_only[] = { "restart", "replay", "snapshot", "recovery",
+                                                  "memory" };
         int known = 0;
         for (size_t k = 0; k < sizeof names / sizeof *names; k++)
             known |= strcmp(argv[i], names[k]) == 0;
@@ -1134,18 +1677,20 @@ int main(int argc, char **argv)
         }
         for (size_t k = 0; k < sizeof spawn_only / sizeof *spawn_only && !b.spawn; k++)
             if (strcmp(argv[i], spawn_only[k]) == 0) {
-                fprintf(stderr, "cqrs-bench: %s starts and kills its own workers: it runs only "
-                        "with --spawn\n", argv[i]);
+                fprintf(stderr, "cqrs-bench: %s %s: it runs only with --spawn\n", argv[i],
+                        strcmp(argv[i], "memory") == 0 ? "needs a cqrsd configured for it"
+                                                       : "starts and kills its own workers");
                 return 64;
             }
     }
     signal(SIGPIPE, SIG_IGN);
-    struct daemon shared = { .pid = 0 };   /* sync, pipelined, restart */
+    struct daemon shared = { .pid = 0 };   /* sync, pipelined, clients, restart, scale, limits */
     struct fixture fx = { .ready = 0 };    /* replay, snapshot */
     int rc = 0;
     for (int i = optind; i < argc; i++) {
         const char *s = argv[i];
-        int uses_shared = !strcmp(s, "sync") || !strcmp(s, "pipelined") || !strcmp(s, "restart");
+        int uses_shared = !strcmp(s, "sync") || !strcmp(s, "pipelined") || !strcmp(s, "restart") ||
+                          !strcmp(s, "clients") || !strcmp(s, "scale") || !strcmp(s, "limits");
         if (uses_shared && b.spawn && shared.pid == 0) {
             struct daemon_conf dc = { .fsync = b.fsync, .snapshot_every = -1 };
             if (daemon_spawn(&shared, &dc) < 0) {
@@ -1166,6 +1711,14 @@ int main(int argc, char **argv)
             rc |= run_snapshot(&b, &fx);
         else if (strcmp(s, "journal") == 0)
             rc |= run_journal(&b);
+        else if (strcmp(s, "clients") == 0)
+            rc |= run_scenario(&b, "clients", CLIENTS_CONNECTIONS, 1);
+        else if (strcmp(s, "limits") == 0)
+            rc |= run_limits(&b, b.spawn ? shared.data : b.data_dir);
+        else if (strcmp(s, "memory") == 0)
+            rc |= run_memory(&b);
+        else if (strcmp(s, "scale") == 0)
+            rc |= run_scale(&b);
         else
             rc |= run_recovery(&b);
     }
