@@ -90,7 +90,8 @@ Cqrs__Status request_check(const uint8_t *body, size_t len, const struct request
     Cqrs__Status st;
     if (pbwire_check_strings(&cqrs__request__descriptor, body, len) < 0)
         /* protobuf-c ends strings at a NUL: "w1\0x" would become "w1" */
-        st = request_invalid(err, errlen, "request has a string with a NUL byte");
+        st = request_invalid(err, errlen,
+                             "request has a string with a NUL byte, or is not well-formed protobuf");
     else
         st = request_check_body(req, lim, err, errlen);
     if (st != CQRS__STATUS__OK) {

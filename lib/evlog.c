@@ -209,8 +209,14 @@ int evlog_open_at(const char *path, int flags, off_t start, uint64_t start_versi
     }
 
     int rc = 0;
+    info->records = start_version;
     if (size < EVLOG_MAGIC_LEN) {
-        /* New, or torn while being created: an empty stream. */
+        /* New, or torn while being created: an empty stream, which only a
+         * replay from the start can open. */
+        if (start != EVLOG_MAGIC_LEN || start_version != 0) {
+            rc = evlog_corrupt(info, "replay would start at byte %lld of an empty log", start);
+            goto fail_rc;
+        }
         if (size > 0 && memcmp(buf, EVLOG_MAGIC, (size_t)size) != 0) {
             rc = evlog_corrupt(info, "file of %lld bytes has no log header", size);
             goto fail_rc;
@@ -230,7 +236,6 @@ int evlog_open_at(const char *path, int flags, off_t start, uint64_t start_versi
             goto fail_rc;
         }
         off_t good_end = start;
-        info->records = start_version;
         rc = evlog_scan(buf, size, start, fn, arg, info, !(flags & EVLOG_ANY_VERSIONS), &good_end);
         if (rc != 0)
             goto fail_rc;

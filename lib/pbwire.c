@@ -29,6 +29,8 @@ static int pbwire_walk(const ProtobufCMessageDescriptor *desc, const uint8_t *p,
         uint64_t key, n;
         if (pbwire_varint(&p, end, &key) < 0)
             return -1;
+        if ((key >> 3) == 0 || (key >> 3) > 0x1fffffff)
+            return -1;   /* no field has number 0 or above 2^29 - 1 */
         switch (key & 7) {
         case 0:
             if (pbwire_varint(&p, end, &n) < 0)

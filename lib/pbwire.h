@@ -14,7 +14,8 @@
 #include <protobuf-c/protobuf-c.h>
 
 /* 0 if no string field of `desc` (at any depth) holds a NUL byte; -1 if one
- * does, or if the bytes are not well-formed protobuf. */
+ * does, or if the bytes are not well-formed protobuf (a field number 0 or
+ * above 2^29 - 1 included, which protobuf-c 1.4 lets through). */
 int pbwire_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len);
 
 #endif

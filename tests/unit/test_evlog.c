@@ -645,3 +645,14 @@ Test(evlog, missing_file_without_create_is_enoent)
     cr_assert_null(LOG);
     cr_assert_eq(access(PATH, F_OK), -1, "open without create made a file");
 }
+
+Test(evlog, replay_start_inside_a_log_shorter_than_the_magic_is_corruption)
+{
+    /* found by fuzz_evlog: an empty file opened from byte 1 */
+    write_file((const uint8_t *)"", 0);
+    struct evlog_open_info info;
+    cr_assert_eq(evlog_open_at(PATH, 0, 1, 0, NULL, NULL, &LOG, &info), EVLOG_CORRUPT);
+    cr_assert_eq(evlog_open_at(PATH, 0, EVLOG_MAGIC_LEN, 5, NULL, NULL, &LOG, &info), EVLOG_CORRUPT);
+    cr_assert_eq(evlog_open_at(PATH, 0, EVLOG_MAGIC_LEN, 0, NULL, NULL, &LOG, &info), 0,
+                 "a new log opened from the start is fine");
+}

@@ -92,3 +92,13 @@ Test(pbwire, malformed_wire_is_refused)
     cr_assert_eq(pbwire_check_strings(&wallet__top_up__descriptor, varint, sizeof varint), -1);
     cr_assert_eq(pbwire_check_strings(&wallet__top_up__descriptor, unknown, sizeof unknown), 0);
 }
+
+Test(pbwire, field_number_zero_is_refused)
+{
+    /* found by fuzz_request: an over-long tag for field 0, which protobuf-c
+     * decodes (keeping an unknown field 0) but cannot decode again */
+    const uint8_t over_long[] = { 0x80, 0x00, 0x00, 0x22, 0x00 };
+    const uint8_t plain[] = { 0x00, 0x01 };
+    cr_assert_eq(pbwire_check_strings(&cqrs__request__descriptor, over_long, sizeof over_long), -1);
+    cr_assert_eq(pbwire_check_strings(&cqrs__request__descriptor, plain, sizeof plain), -1);
+}
