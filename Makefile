@@ -2,12 +2,16 @@
 #   make run   install missing Debian packages, build into build/, start cqrsd
 #              in the foreground (socket var/cqrsd.sock, data in var/data)
 #   make test  the same set-up, then every test through ctest, built with
-#              AddressSanitizer + UndefinedBehaviorSanitizer in build-test/
+#              AddressSanitizer + UndefinedBehaviorSanitizer in build-test/,
+#              then `make fuzz`
+#   make fuzz  libFuzzer harnesses (clang) in build-fuzz/, FUZZ_SECONDS (30)
+#              of fuzzing per target (scripts/fuzz, tests/fuzz/README.md)
 BUILD      ?= build
 TEST_BUILD ?= build-test
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+FUZZ_SECONDS ?= 30
 
-.PHONY: all deps build run test clean
+.PHONY: all deps build run test fuzz clean
 all: build
 
 deps:
@@ -29,6 +33,10 @@ $(TEST_BUILD)/CMakeCache.txt: | deps
 test: deps $(TEST_BUILD)/CMakeCache.txt
 	cmake --build $(TEST_BUILD) -j $(JOBS)
 	cd $(TEST_BUILD) && ctest --output-on-failure -j $(JOBS)
+	$(MAKE) fuzz
+
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz
 
 clean:
 	rm -rf $(BUILD) $(TEST_BUILD)
