@@ -1,8 +1,9 @@
 # Thin wrapper over CMake: `make run` and `make test` do every set-up step.
 #   make run   install missing Debian packages, build into build/, start cqrsd
 #              in the foreground (socket var/cqrsd.sock, data in var/data)
-#   make test  the same set-up, then every test through ctest, built with
-#              AddressSanitizer + UndefinedBehaviorSanitizer in build-test/,
+#   make test  the same set-up (the normal build in build/ included), then
+#              every test through ctest, built with AddressSanitizer +
+#              UndefinedBehaviorSanitizer (LeakSanitizer with it) in build-test/,
 #              then `make fuzz`
 #   make fuzz  libFuzzer harnesses (clang) in build-fuzz/, FUZZ_SECONDS (30)
 #              of fuzzing per target (scripts/fuzz, tests/fuzz/README.md)
@@ -30,7 +31,7 @@ run: build
 $(TEST_BUILD)/CMakeCache.txt: | deps
 	cmake -S . -B $(TEST_BUILD) -DCMAKE_BUILD_TYPE=Debug -DCQRS_SANITIZE=ON
 
-test: deps $(TEST_BUILD)/CMakeCache.txt
+test: build $(TEST_BUILD)/CMakeCache.txt
 	cmake --build $(TEST_BUILD) -j $(JOBS)
 	cd $(TEST_BUILD) && ctest --output-on-failure -j $(JOBS)
 	$(MAKE) fuzz
