@@ -31,6 +31,7 @@ struct conn {
     int closing;              /* flush what is queued, then close */
     int eof;                  /* the client shut down its side: close once answered */
     int paused;               /* max_inflight_per_conn reached: not read until answered */
+    int paused_out;           /* its unread replies piled up: not read until they drain */
     size_t inflight;          /* requests of this connection inside workers */
     uid_t uid;                /* the peer, from SO_PEERCRED */
     pid_t pid;
@@ -244,6 +245,8 @@ static void router_conn_answered(struct conn *c)
         /* backpressure lifted: what waits in its buffer goes on (deferred,
          * so a worker's reply callback does not route new requests) */
         c->paused = 0;
+        if (c->paused_out)
+            return;
         bufferevent_enable(c->bev, EV_READ);
         bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS | BEV_TRIG_IGNORE_WATERMARKS);
     }
@@ -353,11 +356,25 @@ static void router_on_frame(struct router *r, struct conn *c, const uint8_t *bod
     cqrs__request__free_unpacked(req, NULL);
 }
 
+/* Replies waiting for a client that does not read them: past this, cqrsd
+ * stops reading its requests until the replies drain (to a quarter). */
+#define ROUTER_MAX_UNREAD_REPLIES (4u << 20)
+
 static void router_on_write(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
-    if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+    size_t out = evbuffer_get_length(bufferevent_get_output(bev));
+    if (c->closing && out == 0) {
         router_conn_free(c);
+        return;
+    }
+    if (c->paused_out && out <= ROUTER_MAX_UNREAD_REPLIES / 4) {
+        c->paused_out = 0;
+        if (!c->paused) {
+            bufferevent_enable(bev, EV_READ);
+            bufferevent_trigger(bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS | BEV_TRIG_IGNORE_WATERMARKS);
+        }
+    }
 }
 
 static void router_on_read(struct bufferevent *bev, void *arg)
@@ -368,6 +385,13 @@ static void router_on_read(struct bufferevent *bev, void *arg)
     struct frame f;
     enum frame_status st = FRAME_NEED_MORE;
     while (!c->closing) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) > ROUTER_MAX_UNREAD_REPLIES) {
+            /* it does not read its replies: neither do we read its requests */
+            c->paused_out = 1;
+            bufferevent_disable(bev, EV_READ);
+            bufferevent_setwatermark(bev, EV_WRITE, ROUTER_MAX_UNREAD_REPLIES / 4, 0);
+            break;
+        }
         if (c->inflight >= r->cfg.server.max_inflight_per_conn) {
             /* backpressure through the socket: the client's writes block */
             c->paused = 1;
@@ -380,7 +404,7 @@ static void router_on_read(struct bufferevent *bev, void *arg)
         frame_consume(in, &f);
     }
     /* slowloris: a frame begun must be whole within read_timeout_ms */
-    if (!c->closing && !c->paused && evbuffer_get_length(in) > 0) {
+    if (!c->closing && !c->paused && !c->paused_out && evbuffer_get_length(in) > 0) {
         if (!evtimer_pending(c->partial, NULL)) {
             unsigned ms = r->cfg.server.read_timeout_ms;
             struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };

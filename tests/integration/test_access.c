@@ -963,3 +963,88 @@ Test(access, worker_sending_garbage_is_replaced)
     int status = daemon_stop(&d);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "cqrsd wait status 0x%x", status);
 }
+
+/* ---- a client that never reads its replies ---------------------------------------- */
+
+static long daemon_rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
+}
+
+/* It pipelines EVENTS queries with big replies and reads none: cqrsd stops
+ * reading it once a few MB of replies wait (its own sends then block), its
+ * memory stays put, others are served, and every reply is there when the
+ * client finally reads. */
+Test(access, unread_replies_stop_reading_not_memory)
+{
+    daemon_start_conf(&d, "[server]\nmax_inflight_per_conn = 16\n[child wallet]\n[child account]\n",
+                      NULL);
+    struct cqrs_client *c = daemon_connect(&d);
+    for (int i = 0; i < 1000; i++) {
+        struct topup tu;
+        topup_init(&tu, "fat", 1);
+        char err[256];
+        cr_assert_eq(call_status(c, &tu.req, err, sizeof err), OK, "%s", err);
+    }
+    cqrs_client_free(c);
+    long before = daemon_rss_kb(d.pid);
+
+    int fd = daemon_connect_raw(&d);
+    Cqrs__Request req = CQRS__REQUEST__INIT;
+    Cqrs__Query q = CQRS__QUERY__INIT;
+    q.aggregate_type = "wallet";
+    q.aggregate_id = "fat";
+    q.kind = CQRS__QUERY__KIND__EVENTS;
+    q.from_version = 1;
+    req.body_case = CQRS__REQUEST__BODY_QUERY;
+    req.query = &q;
+    size_t len = cqrs__request__get_packed_size(&req);
+    uint8_t frame[256];
+    cr_assert_lt(len + 4, sizeof frame);
+    long sent = 0;
+    int64_t blocked_since = 0;
+    while (sent < 3000) {   /* 3,000 replies of ~100 KB: 300 MB held */
+        req.id = (uint64_t)sent + 1;
+        len = cqrs__request__pack(&req, frame + 4);
+        frame[0] = 0, frame[1] = (uint8_t)(len >> 16), frame[2] = (uint8_t)(len >> 8);
+        frame[3] = (uint8_t)len;
+        ssize_t w = send(fd, frame, len + 4, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w == (ssize_t)(len + 4)) {
+            sent++;
+            blocked_since = 0;
+            continue;
+        }
+        cr_assert(w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK),
+                  "a partial or failed send (%zd): %s", w, strerror(errno));
+        if (!blocked_since)
+            blocked_since = harness_ms();
+        else if (harness_ms() - blocked_since > 1000)
+            break;   /* cqrsd has stopped reading us */
+        harness_sleep_ms(10);
+    }
+    cr_assert_lt(sent, 3000, "cqrsd kept reading a client that reads nothing");
+    long after = daemon_rss_kb(d.pid);
+    cr_log_info("%ld queries sent before cqrsd stopped reading; cqrsd RSS %ld -> %ld kB", sent,
+                before, after);
+    cr_assert_lt(after - before, 64 * 1024, "cqrsd grew by %ld kB for one idle reader",
+                 after - before);
+    status_within(2000);   /* the others are served */
+
+    /* nothing was lost: every reply arrives, in order, once it reads */
+    for (long i = 1; i <= sent; i++) {
+        Cqrs__Reply *r = raw_reply(fd, 10000);
+        cr_assert_eq(r->id, (uint64_t)i);
+        cr_assert_eq(r->status, OK, "%s", r->error);
+        cqrs__reply__free_unpacked(r, NULL);
+    }
+    close(fd);
+}
