@@ -764,24 +764,41 @@ static const char *or_dash(const char *s)
     return s && s[0] ? s : "-";
 }
 
-/* reload: returns once cqrsd has applied the file (or refused it). */
-static int cmd_reload(struct ctl *c, int argc, char **argv)
+/* A control request without arguments (status, reload): *out is the OK
+ * reply, or the exit code is returned (and *out is NULL). */
+static int ctl_control_call(struct ctl *c, int argc, char **argv, const char *verb,
+                            Cqrs__Control__Op op, Cqrs__Reply **out)
 {
+    *out = NULL;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             c->json = 1;
         else
-            return ctl_usage_error("reload takes no arguments");
+            return ctl_usage_error("%s takes no arguments", verb);
     }
     Cqrs__Reply *r;
     int rc = ctl_connect(c);
     if (rc)
         return rc;
-    if (cqrs_client_control(c->client, CQRS__CONTROL__OP__RELOAD, NULL, &r) < 0)
+    if (cqrs_client_control(c->client, op, NULL, &r) < 0)
         return ctl_call_failed(c, 0);
     if (r->status != CQRS__STATUS__OK) {
         rc = ctl_reply_failed(c, r);
-    } else if (c->json) {
+        cqrs__reply__free_unpacked(r, NULL);
+        return rc;
+    }
+    *out = r;
+    return EX_OK;
+}
+
+/* reload: returns once cqrsd has applied the file (or refused it). */
+static int cmd_reload(struct ctl *c, int argc, char **argv)
+{
+    Cqrs__Reply *r;
+    int rc = ctl_control_call(c, argc, argv, "reload", CQRS__CONTROL__OP__RELOAD, &r);
+    if (!r)
+        return rc;
+    if (c->json) {
         rc = ctl_print_json(json_pack("{s:s}", "status", "OK"));
     } else {
         printf("OK configuration reloaded\n");
@@ -793,23 +810,10 @@ static int cmd_reload(struct ctl *c, int argc, char **argv)
 
 static int cmd_status(struct ctl *c, int argc, char **argv)
 {
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0)
-            c->json = 1;
-        else
-            return ctl_usage_error("status takes no arguments");
-    }
     Cqrs__Reply *r;
-    int rc = ctl_connect(c);
-    if (rc)
+    int rc = ctl_control_call(c, argc, argv, "status", CQRS__CONTROL__OP__STATUS, &r);
+    if (!r)
         return rc;
-    if (cqrs_client_control(c->client, CQRS__CONTROL__OP__STATUS, NULL, &r) < 0)
-        return ctl_call_failed(c, 0);
-    if (r->status != CQRS__STATUS__OK) {
-        rc = ctl_reply_failed(c, r);
-        cqrs__reply__free_unpacked(r, NULL);
-        return rc;
-    }
     if (c->json) {
         json_t *list = json_array();
         for (size_t i = 0; list && i < r->n_children; i++) {
