@@ -121,79 +121,6 @@ static void wallet_state(struct cqrs_client *c, const char *id, int64_t *balance
     cqrs__reply__free_unpacked(r, NULL);
 }
 
-/* --- the wallet's log file ------------------------------------------------------ */
-
-static char found_log[PATH_MAX];
-static const char *found_want;
-
-static int find_log_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    if (flag == FTW_F && strcmp(path + ftw->base, found_want) == 0 &&
-        !strstr(path, "/journal/")) {
-        snprintf(found_log, sizeof found_log, "%s", path);
-        return 1;
-    }
-    return 0;
-}
-
-struct chain {
-    uint64_t records;
-    int64_t last_to;
-    char err[256];
-};
-
-/* Versions 1, 2, 3 ... and each TopUp(1) going on from the one before. */
-static int chain_cb(void *arg, const Cqrs__EventRecord *rec, off_t offset, size_t size)
-{
-    (void)offset; (void)size;
-    struct chain *ch = arg;
-    if (rec->version != ch->records + 1) {
-        snprintf(ch->err, sizeof ch->err, "record %llu has version %llu",
-                 (unsigned long long)ch->records + 1, (unsigned long long)rec->version);
-        return 1;
-    }
-    Wallet__WalletToppedUp *t = wallet__wallet_topped_up__unpack(NULL, rec->data.len,
-                                                                 rec->data.data);
-    if (strcmp(rec->type, "WalletToppedUp") != 0 || !t) {
-        snprintf(ch->err, sizeof ch->err, "record %llu is a %s that does not decode as "
-                 "WalletToppedUp", (unsigned long long)rec->version, rec->type);
-        if (t)
-            wallet__wallet_topped_up__free_unpacked(t, NULL);
-        return 1;
-    }
-    int good = t->from == ch->last_to && t->to == t->from + 1;
-    if (!good)
-        snprintf(ch->err, sizeof ch->err, "record %llu goes from %lld to %lld after %lld",
-                 (unsigned long long)rec->version, (long long)t->from, (long long)t->to,
-                 (long long)ch->last_to);
-    ch->last_to = t->to;
-    wallet__wallet_topped_up__free_unpacked(t, NULL);
-    if (!good)
-        return 1;
-    ch->records++;
-    return 0;
-}
-
-static void check_chained_log(const char *id, uint64_t n)
-{
-    char dir[PATH_MAX], want[200];
-    snprintf(dir, sizeof dir, "%s/wallet", d.data);
-    snprintf(want, sizeof want, "%s.log", id);
-    found_want = want;
-    cr_assert(nftw(dir, find_log_cb, 16, FTW_PHYS) == 1, "no log file %s under %s", want, dir);
-    struct chain ch = { 0, 0, "" };
-    struct evlog *log = NULL;
-    struct evlog_open_info info;
-    int rc = evlog_open(found_log, 0, chain_cb, &ch, &log, &info);
-    cr_assert(!ch.err[0], "%s: %s", found_log, ch.err);
-    cr_assert(rc == 0, "evlog_open %s: %d (%s) %s", found_log, rc,
-              rc == -1 ? strerror(errno) : "", info.detail);
-    cr_assert_eq(ch.records, n, "%s holds %llu records, expected versions 1..%llu", found_log,
-                 (unsigned long long)ch.records, (unsigned long long)n);
-    evlog_free(log);
-}
-
 /* --- load with kills ----------------------------------------------------------- */
 
 #define CONNS 4
@@ -583,9 +510,9 @@ Test(inflight, kills_under_pipelined_load_lose_and_double_nothing)
     cr_assert_eq(version, (uint64_t)n, "version %llu after %ld commands",
                  (unsigned long long)version, n);
     cqrs_client_free(c);
-    check_chained_log(LOAD_WALLET, (uint64_t)n);
+    daemon_check_topup_chain(&d, LOAD_WALLET, (uint64_t)n);
     finish();
-    check_chained_log(LOAD_WALLET, (uint64_t)n);
+    daemon_check_topup_chain(&d, LOAD_WALLET, (uint64_t)n);
 }
 
 /* --- poison commands -------------------------------------------------------------- */
@@ -815,7 +742,7 @@ Test(inflight, graceful_restart_under_load_answers_every_request)
     cr_assert_eq(version, GRACEFUL_N);
     cqrs_client_free(c);
     cqrs_client_free(ctl);
-    check_chained_log("g", GRACEFUL_N);
+    daemon_check_topup_chain(&d, "g", GRACEFUL_N);
     finish();
 }
 

@@ -15,6 +15,9 @@
  * 10 s, SIGTERM 15 s, cqrsctl 30 s.
  */
 #include "harness.h"
+#include "wallet.pb-c.h"
+#include "layout.h"
+#include "evlog.h"
 
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -979,4 +982,62 @@ void daemon_wait_ready(struct daemon *d)
 {
     cr_assert(d->pid > 0, "daemon_wait_ready: cqrsd is not running");
     harness_wait_ready(d);
+}
+
+/* ---- a wallet's log of TopUp(1) events -------------------------------------------- */
+
+struct harness_chain {
+    uint64_t records;
+    int64_t last_to;
+    char err[256];
+};
+
+static int harness_chain_cb(void *arg, const Cqrs__EventRecord *rec, off_t offset, size_t size)
+{
+    (void)offset;
+    (void)size;
+    struct harness_chain *ch = arg;
+    if (rec->version != ch->records + 1) {
+        snprintf(ch->err, sizeof ch->err, "record %llu has version %llu",
+                 (unsigned long long)ch->records + 1, (unsigned long long)rec->version);
+        return 1;
+    }
+    Wallet__WalletToppedUp *t = strcmp(rec->type, "WalletToppedUp") == 0
+        ? wallet__wallet_topped_up__unpack(NULL, rec->data.len, rec->data.data) : NULL;
+    if (!t) {
+        snprintf(ch->err, sizeof ch->err, "record %llu is a %s that does not decode as "
+                 "WalletToppedUp", (unsigned long long)rec->version, rec->type);
+        return 1;
+    }
+    int good = t->from == ch->last_to && t->to == t->from + 1;
+    if (!good)
+        snprintf(ch->err, sizeof ch->err,
+                 "record %llu goes from %lld to %lld, but the one before ended at %lld",
+                 (unsigned long long)rec->version, (long long)t->from, (long long)t->to,
+                 (long long)ch->last_to);
+    ch->last_to = t->to;
+    wallet__wallet_topped_up__free_unpacked(t, NULL);
+    if (!good)
+        return 1;
+    ch->records++;
+    return 0;
+}
+
+void daemon_check_topup_chain(const struct daemon *d, const char *id, uint64_t n)
+{
+    char type_dir[PATH_MAX], path[PATH_MAX];
+    snprintf(type_dir, sizeof type_dir, "%s/wallet", d->data);
+    layout_stream_file(path, sizeof path, type_dir, id, ".log");
+    struct harness_chain ch = { 0, 0, "" };
+    struct evlog *log = NULL;
+    struct evlog_open_info info;
+    int rc = evlog_open(path, 0, harness_chain_cb, &ch, &log, &info);
+    cr_assert(!ch.err[0], "%s: %s", path, ch.err);
+    cr_assert(rc == 0, "evlog_open %s: %d (%s) %s", path, rc, rc == -1 ? strerror(errno) : "",
+              info.detail);
+    cr_assert_eq(ch.records, n, "%s holds %llu records, expected versions 1..%llu", path,
+                 (unsigned long long)ch.records, (unsigned long long)n);
+    cr_assert_eq(ch.last_to, (int64_t)n, "the last record of %s ends at balance %lld", path,
+                 (long long)ch.last_to);
+    evlog_free(log);
 }

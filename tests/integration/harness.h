@@ -130,6 +130,10 @@ int pgrp_alive(pid_t pgid, pid_t *first);
 /* Polls up to `ms` until pgrp_alive is 0; returns the last count. */
 int pgrp_wait_dead(pid_t pgid, int ms, pid_t *first);
 
+/* Asserts that wallet `id`'s log holds exactly versions 1..n of
+ * WalletToppedUp(1) events, each going on from the one before (0 → n). */
+void daemon_check_topup_chain(const struct daemon *d, const char *id, uint64_t n);
+
 #endif
 
 /* --- environment and wrappers (systemd tests) -------------------------------

@@ -184,85 +184,6 @@ static void *conn_run(void *arg)
     return NULL;
 }
 
-/* --- the wallet's log file --------------------------------------------------- */
-
-static char found_log[PATH_MAX];
-static const char *found_want;
-
-static int find_log_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    if (flag == FTW_F && strcmp(path + ftw->base, found_want) == 0 &&
-        !strstr(path, "/journal/")) {
-        snprintf(found_log, sizeof found_log, "%s", path);
-        return 1;
-    }
-    return 0;
-}
-
-struct chain {
-    uint64_t records;
-    int64_t last_to;
-    char err[256];
-};
-
-static int chain_cb(void *arg, const Cqrs__EventRecord *rec, off_t offset, size_t size)
-{
-    (void)offset; (void)size;
-    struct chain *ch = arg;
-    if (rec->version != ch->records + 1) {
-        snprintf(ch->err, sizeof ch->err, "record %llu has version %llu",
-                 (unsigned long long)ch->records + 1, (unsigned long long)rec->version);
-        return 1;
-    }
-    if (strcmp(rec->type, "WalletToppedUp") != 0) {
-        snprintf(ch->err, sizeof ch->err, "record %llu is a %s", (unsigned long long)rec->version,
-                 rec->type);
-        return 1;
-    }
-    Wallet__WalletToppedUp *t = wallet__wallet_topped_up__unpack(NULL, rec->data.len, rec->data.data);
-    if (!t) {
-        snprintf(ch->err, sizeof ch->err, "record %llu does not decode",
-                 (unsigned long long)rec->version);
-        return 1;
-    }
-    int good = t->from == ch->last_to && t->to == t->from + 1;
-    if (!good)
-        snprintf(ch->err, sizeof ch->err,
-                 "record %llu goes from %lld to %lld, but the one before ended at %lld",
-                 (unsigned long long)rec->version, (long long)t->from, (long long)t->to,
-                 (long long)ch->last_to);
-    ch->last_to = t->to;
-    wallet__wallet_topped_up__free_unpacked(t, NULL);
-    if (!good)
-        return 1;
-    ch->records++;
-    return 0;
-}
-
-static void check_chained_log(const char *id, uint64_t n)
-{
-    char dir[PATH_MAX], want[200];
-    snprintf(dir, sizeof dir, "%s/wallet", d.data);
-    snprintf(want, sizeof want, "%s.log", id);
-    found_want = want;
-    int rc = nftw(dir, find_log_cb, 16, FTW_PHYS);
-    cr_assert(rc == 1, "no log file %s under %s", want, dir);
-
-    struct chain ch = { 0, 0, "" };
-    struct evlog *log = NULL;
-    struct evlog_open_info info;
-    rc = evlog_open(found_log, 0, chain_cb, &ch, &log, &info);
-    cr_assert(!ch.err[0], "%s: %s", found_log, ch.err);
-    cr_assert(rc == 0, "evlog_open %s: %d (%s) %s", found_log, rc,
-              rc == -1 ? strerror(errno) : "", info.detail);
-    cr_assert_eq(ch.records, n, "%s holds %llu records, expected %llu", found_log,
-                 (unsigned long long)ch.records, (unsigned long long)n);
-    cr_assert_eq(ch.last_to, (int64_t)n, "the last record ends at balance %lld",
-                 (long long)ch.last_to);
-    evlog_free(log);
-}
-
 static void check_wallet(struct cqrs_client *c, const char *id, int64_t balance, uint64_t version)
 {
     Cqrs__Reply *r = NULL;
@@ -322,10 +243,10 @@ Test(pipeline, four_connections_pipelining_to_one_wallet)
     cqrs__reply__free_unpacked(r, NULL);
     cqrs_client_free(c);
 
-    check_chained_log("hot", TOTAL);
+    daemon_check_topup_chain(&d, "hot", TOTAL);
     finish();
     /* a clean stop keeps them all */
-    check_chained_log("hot", TOTAL);
+    daemon_check_topup_chain(&d, "hot", TOTAL);
 }
 
 /* --- one connection, several aggregates, queries in between ------------------ */
