@@ -30,7 +30,7 @@ static int control_status(struct sup *sup, Cqrs__Reply *r, struct evbuffer *out)
         infos[i].restarts = c->restarts;
         infos[i].started_at_us = c->started_at_us;
         infos[i].last_exit = c->last_exit;
-        if (c->pid > 0 && c->stats_len)
+        if (c->pid > 0 && c->stats_seen)   /* an all-zero WorkerStats is zero bytes long */
             infos[i].stats = stats[i] = cqrs__worker_stats__unpack(NULL, c->stats_len, c->stats);
         ptrs[i] = &infos[i];
     }

@@ -293,6 +293,7 @@ static int sup_spawn(struct child *c)
     c->state = CHILD_STARTING;
     c->ping_out = 0;
     c->stats_len = 0;
+    c->stats_seen = 0;
     c->exit_noted = 0;
     c->started_at_us = sup_now_us();
     log_info("child %s starting (pid %d%s)", c->name, (int)pid,
@@ -399,6 +400,7 @@ static void sup_dispatch(struct child *c, struct evbuffer *in)
                 c->ping_out = 0;   /* pong, with the worker's counters */
                 c->stats_len = f.len <= sizeof c->stats ? f.len : 0;
                 memcpy(c->stats, f.body, c->stats_len);
+                c->stats_seen = 1;
             }
         } else if (c->state == CHILD_RUNNING &&
                    c->sup->hooks.reply(c->sup->hooks.arg, c, f.tag, f.body, f.len) < 0) {

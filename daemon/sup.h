@@ -74,6 +74,7 @@ struct child {
     int ping_out;                   /* heartbeat sent, no answer yet */
     uint8_t stats[64];              /* the last heartbeat answer (a packed WorkerStats) */
     size_t stats_len;
+    int stats_seen;                 /* it has answered a heartbeat (all-zero stats pack to nothing) */
     int64_t ping_sent_us;
     struct standby standby;
     struct evbuffer *waiting;       /* tagged requests held until ready */
