@@ -435,10 +435,11 @@ static void host_command(struct host *h, uint64_t tag, uint64_t id, const Cqrs__
         host_fail(h, tag, id, CQRS__STATUS__REJECTED, "%s", dec.error);
     } else {
         uint64_t first = s->version + 1;
+        int64_t now = dec.n_events ? host_now_us() : 0;   /* one clock read a command */
         for (size_t i = 0; i < dec.n_events; i++) {
             const uint8_t *rec;
             size_t len;
-            if (stream_add(s, &dec.events[i], host_now_us(), cmd,
+            if (stream_add(s, &dec.events[i], now, cmd,
                            store_next_position(h->store), &rec, &len) < 0 ||
                 store_stage(h->store, rec, len) < 0) {
                 /* the decider emitted an event its own evolve refuses, or
