@@ -76,6 +76,19 @@ static int64_t host_mono_s(void)
     return ts.tv_sec;
 }
 
+/* Closes the least recently used log files until at most `max` are open,
+ * never `keep`'s. A parked log reopens when next used, even within a batch. */
+static void host_park(struct host *h, size_t max, const struct stream *keep)
+{
+    while (h->n_open > max && h->open && h->open != keep) {
+        struct stream *old = h->open;
+        evlog_park(old->log);
+        DL_DELETE2(h->open, old, open_prev, open_next);
+        h->n_open--;
+        old->in_open = 0;
+    }
+}
+
 /* `s` was just used: the most recent in both lists. */
 static void host_touch(struct host *h, struct stream *s)
 {
@@ -96,28 +109,14 @@ static void host_touch(struct host *h, struct stream *s)
         h->n_open++;
         s->in_open = 1;
     }
-    /* a parked log reopens when next used, even within this batch */
-    while (h->n_open > h->open_files && h->open != s) {
-        struct stream *old = h->open;
-        evlog_park(old->log);
-        DL_DELETE2(h->open, old, open_prev, open_next);
-        h->n_open--;
-        old->in_open = 0;
-    }
+    host_park(h, h->open_files, s);
 }
 
 /* Before a log file opens: one place free under open_files. */
 static void host_make_room(struct host *h, const struct stream *s)
 {
-    if (s && s->log && evlog_is_open(s->log))
-        return;   /* nothing will open */
-    while (h->n_open >= h->open_files && h->open) {
-        struct stream *old = h->open;
-        evlog_park(old->log);
-        DL_DELETE2(h->open, old, open_prev, open_next);
-        h->n_open--;
-        old->in_open = 0;
-    }
+    if (!(s && s->log && evlog_is_open(s->log)))   /* else nothing will open */
+        host_park(h, h->open_files - 1, NULL);
 }
 
 /* Removes `s` from memory (its files are untouched: the next use reloads). */
