@@ -545,6 +545,21 @@ static void router_add_held(void *arg, uint64_t tag)
     keyset_add(arg, tag);
 }
 
+/* Answers UNAVAILABLE every pending request of `ch` but those in `skip`,
+ * adding their keys to *keys when keys is not NULL. */
+static void router_answer_child(struct router *r, struct child *ch, struct keyset *skip,
+                                struct keyset **keys, const char *why)
+{
+    struct pending *p, *tmp;
+    HASH_ITER(hh, r->pending, p, tmp) {
+        if (p->child != ch || keyset_has(skip, p->tag))
+            continue;
+        if (keys)
+            keyset_add(keys, p->key);
+        router_answer(r, p, CQRS__STATUS__UNAVAILABLE, why);
+    }
+}
+
 /* `ch` died: every request it had is answered UNAVAILABLE, and remembered
  * for poison detection; those held for its successor wait on. */
 static void router_fail_child(void *arg, struct child *ch, const char *reason)
@@ -552,31 +567,17 @@ static void router_fail_child(void *arg, struct child *ch, const char *reason)
     struct router *r = arg;
     struct keyset *crash = NULL, *held = NULL;
     sup_held_tags(ch, router_add_held, &held);
-    struct pending *q, *qtmp;
-    HASH_ITER(hh, r->pending, q, qtmp) {
-        if (q->child == ch && !keyset_has(held, q->tag))
-            keyset_add(&crash, q->key);
-    }
-    router_note_crash(r, ch, crash);
     char why[300];
     snprintf(why, sizeof why, "%s; the command may or may not have been applied: retry it "
              "with the same command_id", reason);
-    struct pending *p, *tmp;
-    HASH_ITER(hh, r->pending, p, tmp) {
-        if (p->child == ch && !keyset_has(held, p->tag))
-            router_answer(r, p, CQRS__STATUS__UNAVAILABLE, why);
-    }
+    router_answer_child(r, ch, held, &crash, why);
+    router_note_crash(r, ch, crash);
     keyset_clear(&held);
 }
 
 static void router_on_expire(void *arg, struct child *ch, const char *reason)
 {
-    struct router *r = arg;
-    struct pending *p, *tmp;
-    HASH_ITER(hh, r->pending, p, tmp) {
-        if (p->child == ch)
-            router_answer(r, p, CQRS__STATUS__UNAVAILABLE, reason);
-    }
+    router_answer_child(arg, ch, NULL, NULL, reason);
 }
 
 void router_accept(struct router *r)
