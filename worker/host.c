@@ -642,7 +642,11 @@ void host_commit(struct host *h, struct evbuffer *out)
             host_maybe_drop(h, s);
             continue;
         }
-        host_path(h, s->id, path, sizeof path);
+        /* the path is needed to create the file, or to list it once per
+         * checkpoint for syncing; not for every batch */
+        uint64_t epoch = store_epoch(h->store);
+        if (!s->log || s->written_epoch != epoch)
+            host_path(h, s->id, path, sizeof path);
         int created;
         host_make_room(h, s);
         if (stream_commit(s, path, &created) < 0) {
@@ -653,7 +657,10 @@ void host_commit(struct host *h, struct evbuffer *out)
             s->corrupt = -1;
             host_maybe_drop(h, s);
         } else {
-            store_written(h->store, path, created);
+            if (created || s->written_epoch != epoch) {
+                store_written(h->store, path, created);
+                s->written_epoch = epoch;
+            }
             host_touch(h, s);
             if (h->snapshot_every && s->version - s->snap_version >= h->snapshot_every)
                 host_snapshot(h, s);

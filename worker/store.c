@@ -47,6 +47,7 @@ struct store {
     int journal_unsynced;       /* fsync = batch: appended since the last sync */
     struct store_stats stats;
     struct strset *unsynced;    /* stream files written since the last checkpoint */
+    uint64_t epoch;             /* store_epoch: bumped when `unsynced` is handed over */
     struct strset *new_dirs;    /* folders whose entries changed since then */
     int repair, force_repair;
     struct event *checkpoint_timer, *batch_timer, *job_done;
@@ -350,6 +351,7 @@ static void store_on_checkpoint_timer(evutil_socket_t fd, short what, void *arg)
         free(e);
     }
     job->n_files = job->n;
+    st->epoch++;   /* later writes must be listed again */
     HASH_ITER(hh, st->new_dirs, e, tmp) {
         HASH_DEL(st->new_dirs, e);
         job->paths[job->n++] = e->s;
@@ -427,6 +429,7 @@ struct store *store_open(struct event_base *base, const char *type_dir,
     st->base = base;
     st->opt = *opt;
     st->pipe[0] = st->pipe[1] = -1;
+    st->epoch = 1;
     pthread_mutex_init(&st->mu, NULL);
     pthread_cond_init(&st->cv, NULL);
     if (!(st->type_dir = strdup(type_dir)) || asprintf(&st->journal_dir, "%s/%s", type_dir,
@@ -512,6 +515,11 @@ void store_free(struct store *st)
     free(st->type_dir);
     free(st->journal_dir);
     free(st);
+}
+
+uint64_t store_epoch(const struct store *st)
+{
+    return st->epoch;
 }
 
 uint64_t store_next_position(const struct store *st)

@@ -69,6 +69,10 @@ int store_stage(struct store *st, const uint8_t *rec, size_t len);
 /* Makes the staged batch durable in the journal. 0, or -1 with errno: the
  * batch is gone (cut back) and its positions will be given again. */
 int store_commit(struct store *st);
+/* Changes whenever the files written so far have been handed to a
+ * checkpoint: a file written again within one epoch need not be listed
+ * again. Starts at 1. */
+uint64_t store_epoch(const struct store *st);
 /* A stream file was written after the commit (`new_file`: created now). */
 void store_written(struct store *st, const char *path, int new_file);
 /* A stream file write failed after the commit: the journal holds its

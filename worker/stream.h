@@ -59,6 +59,7 @@ struct stream {
     struct stream *lru_prev, *lru_next;     /* every loaded stream, least recent first */
     struct stream *open_prev, *open_next;   /* those whose log file is open */
     int in_lru, in_open;
+    uint64_t written_epoch;       /* store_epoch when last listed for a checkpoint */
     int64_t last_used_s;
     int drop_candidate;
     int corrupt;                  /* > 0 quarantined: every request gets CORRUPT;
