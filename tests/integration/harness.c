@@ -159,6 +159,32 @@ static void harness_child_signals(void)
     signal(SIGPIPE, SIG_DFL);
 }
 
+/* Forks and execs argv[0] with stdin from /dev/null and stdout/stderr on
+ * `outfd`/`errfd`; `envp` NULL keeps our environment; `own_group` puts it in
+ * a process group of its own (so a SIGKILL of the group takes its workers). */
+static pid_t harness_exec(const char *const *argv, const char *const *envp, int outfd, int errfd,
+                          int own_group)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        if (own_group)
+            setpgid(0, 0);
+        int null = open("/dev/null", O_RDONLY);
+        if (null < 0 || dup2(null, 0) < 0 || dup2(outfd, 1) < 0 || dup2(errfd, 2) < 0)
+            _exit(126);
+        harness_close_from_3();
+        harness_child_signals();
+        execve(argv[0], (char *const *)argv, envp ? (char *const *)envp : environ);
+        dprintf(2, "harness: cannot exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    if (own_group)
+        setpgid(pid, pid);   /* also here: no race with the child's own call */
+    return pid;
+}
+
 /* Starts cqrsd; its stdout and stderr go to cqrsd.log, or its stderr to
  * `errpath` when that is not NULL. */
 static void harness_spawn_to(struct daemon *d, const char *errpath)
@@ -184,21 +210,7 @@ static void harness_spawn_to(struct daemon *d, const char *errpath)
         argv[n++] = harness_extra[i];
     argv[n] = NULL;
 
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert(pid >= 0, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        setpgid(0, 0);
-        int null = open("/dev/null", O_RDONLY);
-        if (null < 0 || dup2(null, 0) < 0 || dup2(logfd, 1) < 0 || dup2(errfd, 2) < 0)
-            _exit(126);
-        harness_close_from_3();
-        harness_child_signals();
-        execv(argv[0], (char *const *)argv);
-        dprintf(2, "harness: cannot exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    setpgid(pid, pid);   /* also here: no race with the child's own call */
+    pid_t pid = harness_exec(argv, NULL, logfd, errfd, 1);
     close(logfd);
     if (errfd != logfd)
         close(errfd);
@@ -450,19 +462,7 @@ int run_cqrsctl(const struct daemon *d, char **out, char **err, ...)
     int out_fd = harness_capture_file(d, "out", out_path, sizeof out_path);
     int err_fd = harness_capture_file(d, "err", err_path, sizeof err_path);
 
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert(pid >= 0, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        int null = open("/dev/null", O_RDONLY);
-        if (null < 0 || dup2(null, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
-            _exit(126);
-        harness_close_from_3();
-        harness_child_signals();
-        execv(argv[0], (char *const *)argv);
-        dprintf(2, "harness: cannot exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
+    pid_t pid = harness_exec((const char *const *)argv, NULL, out_fd, err_fd, 0);
     close(out_fd);
     close(err_fd);
     free(argv);
@@ -957,21 +957,7 @@ void daemon_spawn_with(struct daemon *d, const char *const *env, const char *con
     int logfd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     cr_assert(logfd >= 0, "cannot open %s: %s", log, strerror(errno));
 
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert(pid >= 0, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        setpgid(0, 0);
-        int null = open("/dev/null", O_RDONLY);
-        if (null < 0 || dup2(null, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
-            _exit(126);
-        harness_close_from_3();
-        harness_child_signals();
-        execve(argv[0], (char *const *)argv, (char *const *)envp);
-        dprintf(2, "harness: cannot exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    setpgid(pid, pid);
+    pid_t pid = harness_exec((const char *const *)argv, envp, logfd, logfd, 1);
     close(logfd);
     free(argv);
     free(envp);
