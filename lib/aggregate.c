@@ -66,3 +66,13 @@ int agg_id_valid(const char *id, size_t len)
     }
     return 0;
 }
+
+const struct agg_query *agg_find_query(const struct aggregate_type *t, const char *name)
+{
+    if (!t->projection || !name)
+        return NULL;
+    for (const struct agg_query *q = t->projection->queries; q->request; q++)
+        if (strcmp(q->request->short_name, name) == 0)
+            return q;
+    return NULL;
+}

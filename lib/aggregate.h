@@ -55,6 +55,41 @@ enum agg_verdict {
     AGG_REJECT = 1,    /* a business rule said no; reason in decision.error */
 };
 
+/*
+ * The type's projection: how its events change the read model (SQLite,
+ * kept by cqrs-projector) and the queries the read model answers. All of
+ * it is SQL with named parameters, bound by the projector from protobuf
+ * descriptors:
+ *   - in an event statement, :id (the aggregate id), :version, :position,
+ *     :timestamp_us, and :<field> for each field of the event message;
+ *   - in a query, :<field> for each field of the query message.
+ * A query's result columns are named after the fields of its result
+ * message (or, with `repeated`, of the item message of that field).
+ */
+struct agg_projection_rule {
+    const char *event;                  /* event message short name */
+    const char *const *sql;             /* statements, in order; NULL-terminated */
+};
+
+struct agg_query {
+    const ProtobufCMessageDescriptor *request;   /* e.g. GetWallet */
+    const ProtobufCMessageDescriptor *result;    /* e.g. WalletView */
+    const char *sql;
+    /* NULL: the first row fills the result (no row: NOT_FOUND); else the
+     * name of a repeated message field of the result, one item per row. */
+    const char *repeated;
+    /* Optional payload check, as a command's validate (INVALID). */
+    int (*validate)(const ProtobufCMessage *q, char *err, size_t errlen);
+};
+
+struct agg_projection {
+    const char *const *schema;          /* CREATE ... IF NOT EXISTS; NULL-terminated */
+    const char *const *tables;          /* the tables it owns (a rebuild drops them) */
+    const char *const *every;           /* run before each event's own statements */
+    const struct agg_projection_rule *rules;   /* ends with event NULL */
+    const struct agg_query *queries;           /* ends with request NULL */
+};
+
 struct aggregate_type {
     const char *name;                                   /* "wallet" */
     const ProtobufCMessageDescriptor *state_desc;       /* WalletState */
@@ -86,7 +121,13 @@ struct aggregate_type {
      * holds a NUL byte, or the state breaks an invariant evolve enforces;
      * NULL (errno ENOMEM) when out of memory. Free with state_free. */
     void *(*state_unpack)(const uint8_t *data, size_t len);
+
+    /* The read model's part for this type; NULL: none. */
+    const struct agg_projection *projection;
 };
+
+/* The query of `t`'s projection named `name` ("GetWallet"); NULL if none. */
+const struct agg_query *agg_find_query(const struct aggregate_type *t, const char *name);
 
 /* Packs `event` into the decision. Returns AGG_ACCEPT, or AGG_REJECT with an
  * error sentence when out of memory or over AGG_MAX_EVENTS. */

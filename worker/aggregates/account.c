@@ -268,6 +268,61 @@ static int account_evolve(void *state, const ProtobufCMessage *event)
     return account_contradiction();
 }
 
+/* --- projection: the read model's accounts ------------------------------- */
+
+static const char *const account_schema[] = {
+    "CREATE TABLE IF NOT EXISTS accounts(id TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+    "email TEXT NOT NULL, open INTEGER NOT NULL, version INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS accounts_email ON accounts(email, id)",
+    NULL,
+};
+static const char *const account_tables[] = { "accounts", NULL };
+static const char *const account_every[] = {
+    "INSERT INTO accounts(id, owner, email, open, version) VALUES(:id, '', '', 0, :version) "
+    "ON CONFLICT(id) DO UPDATE SET version = :version",
+    NULL,
+};
+static const char *const account_sql_opened[] = {
+    "UPDATE accounts SET owner = :owner, email = :email, open = 1 WHERE id = :id", NULL,
+};
+static const char *const account_sql_email[] = {
+    "UPDATE accounts SET email = :to WHERE id = :id", NULL,
+};
+static const char *const account_sql_closed[] = {
+    "UPDATE accounts SET open = 0 WHERE id = :id", NULL,
+};
+static const struct agg_projection_rule account_rules[] = {
+    { "AccountOpened", account_sql_opened },
+    { "EmailChanged", account_sql_email },
+    { "AccountClosed", account_sql_closed },
+    { NULL, NULL },
+};
+
+static int account_validate_find(const ProtobufCMessage *q, char *err, size_t errlen)
+{
+    const Account__FindByEmail *f = (const Account__FindByEmail *)q;
+    if (!f->email[0]) {
+        snprintf(err, errlen, "email must not be empty");
+        return -1;
+    }
+    return 0;
+}
+
+static const struct agg_query account_queries[] = {
+    { &account__find_by_email__descriptor, &account__account_view__descriptor,
+      "SELECT id, owner, email, open, version FROM accounts WHERE email = :email "
+      "ORDER BY id LIMIT 1", NULL, account_validate_find },
+    { NULL, NULL, NULL, NULL, NULL },
+};
+
+static const struct agg_projection account_projection = {
+    .schema = account_schema,
+    .tables = account_tables,
+    .every = account_every,
+    .rules = account_rules,
+    .queries = account_queries,
+};
+
 const struct aggregate_type account_type = {
     .name = "account",
     .state_desc = &account__account_state__descriptor,
@@ -281,4 +336,5 @@ const struct aggregate_type account_type = {
     .evolve = account_evolve,
     .snapshot_version = 1,
     .state_unpack = account_state_unpack,
+    .projection = &account_projection,
 };

@@ -481,6 +481,104 @@ static int wallet_evolve(void *state, const ProtobufCMessage *event)
     return wallet_contradiction();
 }
 
+/* --- projection: the read model's wallets -------------------------------- */
+
+/* wallets holds each wallet's view; wallet_blocks its open authorizations,
+ * so a capture knows how much of its block it releases. */
+static const char *const wallet_schema[] = {
+    "CREATE TABLE IF NOT EXISTS wallets(id TEXT PRIMARY KEY, label TEXT NOT NULL, "
+    "balance INTEGER NOT NULL, available INTEGER NOT NULL, blocked_count INTEGER NOT NULL, "
+    "version INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS wallet_blocks(wallet_id TEXT NOT NULL, tx_id TEXT NOT NULL, "
+    "amount INTEGER NOT NULL, PRIMARY KEY(wallet_id, tx_id)) WITHOUT ROWID",
+    NULL,
+};
+static const char *const wallet_tables[] = { "wallets", "wallet_blocks", NULL };
+static const char *const wallet_every[] = {
+    "INSERT INTO wallets(id, label, balance, available, blocked_count, version) "
+    "VALUES(:id, '" WALLET_DEFAULT_LABEL "', 0, 0, 0, :version) ON CONFLICT(id) DO UPDATE "
+    "SET version = :version",
+    NULL,
+};
+static const char *const wallet_sql_renamed[] = {
+    "UPDATE wallets SET label = :name WHERE id = :id", NULL,
+};
+static const char *const wallet_sql_topped_up[] = {
+    "UPDATE wallets SET balance = :to, available = available + :to - :from WHERE id = :id", NULL,
+};
+static const char *const wallet_sql_authorized[] = {
+    "INSERT INTO wallet_blocks(wallet_id, tx_id, amount) VALUES(:id, :tx_id, :amount)",
+    "UPDATE wallets SET available = available - :amount, blocked_count = blocked_count + 1 "
+    "WHERE id = :id",
+    NULL,
+};
+static const char *const wallet_sql_captured[] = {
+    "UPDATE wallets SET balance = balance - :amount, available = available - :amount + "
+    "(SELECT amount FROM wallet_blocks WHERE wallet_id = :id AND tx_id = :tx_id), "
+    "blocked_count = blocked_count - 1 WHERE id = :id",
+    "DELETE FROM wallet_blocks WHERE wallet_id = :id AND tx_id = :tx_id",
+    NULL,
+};
+static const char *const wallet_sql_released[] = {
+    "UPDATE wallets SET available = available + :amount, blocked_count = blocked_count - 1 "
+    "WHERE id = :id",
+    "DELETE FROM wallet_blocks WHERE wallet_id = :id AND tx_id = :tx_id",
+    NULL,
+};
+static const struct agg_projection_rule wallet_rules[] = {
+    { "WalletRenamed", wallet_sql_renamed },
+    { "WalletToppedUp", wallet_sql_topped_up },
+    { "FundsAuthorized", wallet_sql_authorized },
+    { "FundsCaptured", wallet_sql_captured },
+    { "FundsReleased", wallet_sql_released },
+    { NULL, NULL },
+};
+
+#define WALLET_LIST_MAX 1000
+
+static int wallet_validate_get(const ProtobufCMessage *q, char *err, size_t errlen)
+{
+    const Wallet__GetWallet *g = (const Wallet__GetWallet *)q;
+    if (agg_id_valid(g->id, strlen(g->id)) < 0) {
+        snprintf(err, errlen, "id must be 1 to %d of [A-Za-z0-9._-]", AGG_ID_MAX);
+        return -1;
+    }
+    return 0;
+}
+
+static int wallet_validate_list(const ProtobufCMessage *q, char *err, size_t errlen)
+{
+    const Wallet__ListWallets *l = (const Wallet__ListWallets *)q;
+    if (l->limit > WALLET_LIST_MAX) {
+        snprintf(err, errlen, "limit must be at most %d (0: 100)", WALLET_LIST_MAX);
+        return -1;
+    }
+    return 0;
+}
+
+#define WALLET_VIEW_COLUMNS "id, label, balance, available, blocked_count, version"
+
+static const struct agg_query wallet_queries[] = {
+    { &wallet__get_wallet__descriptor, &wallet__wallet_view__descriptor,
+      "SELECT " WALLET_VIEW_COLUMNS " FROM wallets WHERE id = :id", NULL, wallet_validate_get },
+    { &wallet__list_wallets__descriptor, &wallet__wallet_list__descriptor,
+      "SELECT " WALLET_VIEW_COLUMNS " FROM wallets WHERE balance >= :min_balance AND id > "
+      ":after_id ORDER BY id LIMIT CASE WHEN :limit = 0 THEN 100 ELSE :limit END",
+      "wallets", wallet_validate_list },
+    { &wallet__total_balance__descriptor, &wallet__total__descriptor,
+      "SELECT coalesce(sum(balance), 0) AS balance, count(*) AS wallets FROM wallets", NULL,
+      NULL },
+    { NULL, NULL, NULL, NULL, NULL },
+};
+
+static const struct agg_projection wallet_projection = {
+    .schema = wallet_schema,
+    .tables = wallet_tables,
+    .every = wallet_every,
+    .rules = wallet_rules,
+    .queries = wallet_queries,
+};
+
 const struct aggregate_type wallet_type = {
     .name = "wallet",
     .state_desc = &wallet__wallet_state__descriptor,
@@ -494,4 +592,5 @@ const struct aggregate_type wallet_type = {
     .evolve = wallet_evolve,
     .snapshot_version = 1,
     .state_unpack = wallet_state_unpack,
+    .projection = &wallet_projection,
 };
