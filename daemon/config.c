@@ -20,6 +20,7 @@ struct config_parse {
     int line;
     struct cqrsd_config *cfg;
     int shutdown_set[CONFIG_MAX_CHILDREN];
+    int child_line[CONFIG_MAX_CHILDREN];   /* where each [child] section starts */
     int failed;
     char *err;
     size_t errlen;
@@ -87,6 +88,7 @@ static void config_child_defaults(struct child_config *c, const char *name)
     snprintf(c->name, sizeof c->name, "%.63s", name);
     c->restart = RESTART_PERMANENT;
     c->shutdown_ms = 0;   /* filled from shutdown_timeout_ms at the end */
+    c->kind = CHILD_WORKER;
 }
 
 void config_defaults(struct cqrsd_config *cfg)
@@ -112,6 +114,12 @@ void config_defaults(struct cqrsd_config *cfg)
     for (size_t i = 0; aggregate_registry[i] && cfg->n_children < CONFIG_MAX_CHILDREN; i++) {
         config_child_defaults(&cfg->children[cfg->n_children], aggregate_registry[i]->name);
         cfg->children[cfg->n_children++].shutdown_ms = (int)cfg->shutdown_timeout_ms;
+    }
+    if (cfg->n_children < CONFIG_MAX_CHILDREN) {
+        struct child_config *c = &cfg->children[cfg->n_children++];
+        config_child_defaults(c, CONFIG_PROJECTOR_NAME);
+        c->kind = CHILD_PROJECTOR;
+        c->shutdown_ms = (int)cfg->shutdown_timeout_ms;
     }
 }
 
@@ -151,8 +159,8 @@ static void config_section(struct config_parse *p, const char *line)
     const char *type = name + 6;
     while (*type == ' ')
         type++;
-    if (!aggregate_lookup(type)) {
-        config_fail(p, "[child %s]: no aggregate type is called \"%s\"", type, type);
+    if (agg_id_valid(type, strlen(type)) < 0 || strlen(type) >= sizeof p->cfg->children[0].name) {
+        config_fail(p, "[child %s]: a child's name is 1 to 63 of [A-Za-z0-9._-]", type);
         return;
     }
     struct cqrsd_config *cfg = p->cfg;
@@ -165,6 +173,7 @@ static void config_section(struct config_parse *p, const char *line)
         config_fail(p, "more than %d children", CONFIG_MAX_CHILDREN);
         return;
     }
+    p->child_line[cfg->n_children] = p->line;
     config_child_defaults(&cfg->children[cfg->n_children++], type);
 }
 
@@ -353,7 +362,33 @@ static int config_child_key(struct config_parse *p, const char *section, const c
         c->shutdown_ms = (int)ms;
         return 1;
     }
+    if (strcmp(key, "kind") == 0) {
+        if (strcmp(value, "worker") == 0 || strcmp(value, "projector") == 0) {
+            c->kind = value[0] == 'w' ? CHILD_WORKER : CHILD_PROJECTOR;
+            return 1;
+        }
+        return config_fail(p, "kind in [%s] must be worker or projector, not \"%s\"", section,
+                           value);
+    }
     return config_fail(p, "unknown key \"%s\" in [%s]", key, section);
+}
+
+/* Every worker child names an aggregate type; one projector at most. */
+static int config_check_children(struct config_parse *p)
+{
+    const struct cqrsd_config *cfg = p->cfg;
+    int projectors = 0;
+    for (size_t i = 0; i < cfg->n_children; i++) {
+        const struct child_config *c = &cfg->children[i];
+        p->line = p->child_line[i];
+        if (c->kind == CHILD_WORKER && !aggregate_lookup(c->name))
+            return config_fail(p, "[child %s]: no aggregate type is called \"%s\" (a projector "
+                               "says kind = projector)", c->name, c->name);
+        if (c->kind == CHILD_PROJECTOR && projectors++)
+            return config_fail(p, "[child %s]: a second projector (one keeps the read model)",
+                               c->name);
+    }
+    return 1;
 }
 
 static int config_handler(void *user, const char *section, const char *key, const char *value)
@@ -387,6 +422,8 @@ int config_load(const char *path, struct cqrsd_config *cfg, char *err, size_t er
     }
     int rc = ini_parse_stream(config_reader, &p, config_handler, &p);
     fclose(p.f);
+    if (!p.failed && rc == 0)
+        config_check_children(&p);
     if (p.failed)
         return -1;
     if (rc != 0) {

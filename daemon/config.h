@@ -57,11 +57,18 @@
 enum sup_strategy { SUP_ONE_FOR_ONE, SUP_ONE_FOR_ALL, SUP_REST_FOR_ONE };
 enum child_restart { RESTART_PERMANENT, RESTART_TRANSIENT, RESTART_TEMPORARY };
 
+/* What a child runs: a worker of the aggregate type named like the child,
+ * or the projector (the read model and subscriptions, at most one). */
+enum child_kind { CHILD_WORKER, CHILD_PROJECTOR };
+
 struct child_config {
     char name[64];
     enum child_restart restart;
     int shutdown_ms;              /* CONFIG_BRUTAL_KILL: SIGKILL at once */
+    enum child_kind kind;
 };
+
+#define CONFIG_PROJECTOR_NAME "readmodel"   /* the built-in projector child */
 
 enum storage_fsync { FSYNC_ALWAYS, FSYNC_BATCH, FSYNC_NEVER };
 
@@ -112,7 +119,8 @@ struct cqrsd_config {
 };
 
 /* The built-in configuration: every registered aggregate type, in registry
- * order (wallet, then account), with the defaults above. */
+ * order (wallet, then account), then the projector "readmodel", with the
+ * defaults above. */
 void config_defaults(struct cqrsd_config *cfg);
 
 /* Reads `path` into `cfg`. 0, or -1 with one line in `err`

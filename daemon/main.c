@@ -211,9 +211,12 @@ static int daemon_verify(const struct cqrsd_config *cfg, const char *data_dir)
     size_t len = strlen(data_dir);
     while (len > 1 && data_dir[len - 1] == '/')
         len--;
-    size_t streams = 0, problems = 0;
+    size_t streams = 0, problems = 0, types = 0;
     int unreadable = 0;
     for (size_t i = 0; i < cfg->n_children; i++) {
+        if (cfg->children[i].kind != CHILD_WORKER)
+            continue;   /* the read model is derived: a rebuild makes it again */
+        types++;
         const struct aggregate_type *t = aggregate_lookup(cfg->children[i].name);
         char type_dir[PATH_MAX];
         if (!t) {         /* config_load accepts registered types only */
@@ -233,28 +236,28 @@ static int daemon_verify(const struct cqrsd_config *cfg, const char *data_dir)
         return 2;
     }
     fprintf(stderr, "cqrsd: verified %zu streams of %zu types: %zu problems\n", streams,
-            cfg->n_children, problems);
+            types, problems);
     return unreadable ? 2 : problems ? 1 : 0;
 }
 
-/* cqrs-worker beside this binary (build tree), else in ../libexec/cqrsd/
- * relative to it (an install under any prefix), else where the build said
- * install would put it. */
-static int daemon_worker_path(char *buf, size_t len)
+/* A helper program (cqrs-worker, cqrs-projector) beside this binary (build
+ * tree), else in ../libexec/cqrsd/ relative to it (an install under any
+ * prefix), else where the build said install would put it (`installed`). */
+static int daemon_helper_path(const char *prog, const char *installed, char *buf, size_t len)
 {
     char self[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n > 0) {
         self[n] = '\0';
         char *dir = dirname(self);
-        snprintf(buf, len, "%s/cqrs-worker", dir);
+        snprintf(buf, len, "%s/%s", dir, prog);
         if (access(buf, X_OK) == 0)
             return 0;
-        snprintf(buf, len, "%s/../libexec/cqrsd/cqrs-worker", dir);
+        snprintf(buf, len, "%s/../libexec/cqrsd/%s", dir, prog);
         if (access(buf, X_OK) == 0)
             return 0;
     }
-    snprintf(buf, len, "%s", CQRS_WORKER_INSTALLED);
+    snprintf(buf, len, "%s", installed);
     return access(buf, X_OK);
 }
 
@@ -317,9 +320,14 @@ int main(int argc, char **argv)
                   "directory to root", data_dir, (int)dst.st_uid);
         return 1;
     }
-    char worker[PATH_MAX];
-    if (daemon_worker_path(worker, sizeof worker) < 0) {
+    char worker[PATH_MAX], projector[PATH_MAX];
+    if (daemon_helper_path("cqrs-worker", CQRS_WORKER_INSTALLED, worker, sizeof worker) < 0) {
         log_error("cannot find cqrs-worker beside cqrsd nor at %s", CQRS_WORKER_INSTALLED);
+        return 1;
+    }
+    if (daemon_helper_path("cqrs-projector", CQRS_PROJECTOR_INSTALLED, projector,
+                           sizeof projector) < 0) {
+        log_error("cannot find cqrs-projector beside cqrsd nor at %s", CQRS_PROJECTOR_INSTALLED);
         return 1;
     }
     if (mkdir(data_dir, 0700) < 0 && errno != EEXIST) {
@@ -351,6 +359,7 @@ int main(int argc, char **argv)
     }
     struct sup_options sopt = {
         .worker_path = worker,
+        .projector_path = projector,
         .data_dir = data_abs,
         .wait_timeout_ms = 5000,
         .wait_limit = cfg.server.worker_queue,

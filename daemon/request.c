@@ -59,7 +59,15 @@ static Cqrs__Status request_check_body(const Cqrs__Request *req, const struct re
     case CQRS__REQUEST__BODY_QUERY:
         type = req->query->aggregate_type;
         id = req->query->aggregate_id;
-        whole_type = req->query->kind == CQRS__QUERY__KIND__VERIFY && !id[0];
+        /* the read model's queries name a type, not an aggregate */
+        whole_type = (req->query->kind == CQRS__QUERY__KIND__VERIFY && !id[0]) ||
+                     req->query->kind == CQRS__QUERY__KIND__READ_MODEL ||
+                     req->query->kind == CQRS__QUERY__KIND__SUBSCRIBE ||
+                     req->query->kind == CQRS__QUERY__KIND__ALL_EVENTS;
+        if (req->query->kind == CQRS__QUERY__KIND__READ_MODEL &&
+            (!req->query->name[0] || request_too_long(req->query->name, lim)))
+            return request_invalid(err, errlen, "a read-model query needs a name of at most %zu "
+                                   "bytes", lim->max_string_bytes);
         break;
     case CQRS__REQUEST__BODY_CONTROL:
         if (request_too_long(req->control->child, lim))

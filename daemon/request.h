@@ -6,7 +6,9 @@
  * byte (protobuf-c would cut it short); it must carry a command, a query or
  * a control; strings stay within max_string_bytes, metadata within its
  * entry and byte limits; a command has a name; an aggregate id is valid
- * (lib/aggregate.h) — except the empty id of a whole-type VERIFY query.
+ * (lib/aggregate.h) — except the empty id of a whole-type VERIFY query and
+ * the read model's queries (READ_MODEL, SUBSCRIBE, ALL_EVENTS), which name a
+ * type only; a READ_MODEL query has a name.
  * Whether the aggregate type exists is the router's question.
  */
 #ifndef CQRS_REQUEST_H

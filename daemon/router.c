@@ -45,6 +45,14 @@ struct pending {              /* a request inside (or held for) a worker */
     uint64_t req_id;
     uint64_t key;             /* what it is, for poison detection */
     struct child *child;
+    int sub;                  /* a subscription: answered many times, until a final reply */
+    int cancelled;            /* a subscription given up: its final reply is swallowed */
+    UT_hash_handle hh;
+};
+
+struct head {                 /* the last position a worker has committed, by type */
+    char type[64];
+    uint64_t position;
     UT_hash_handle hh;
 };
 
@@ -75,6 +83,7 @@ struct router {
     struct conn *conns;
     struct pending *pending;
     struct poison *poison;    /* by child name */
+    struct head *heads;       /* by aggregate type */
     uint64_t next_conn, next_tag;
     uint64_t served;          /* replies delivered */
     int draining;             /* shut down: leave the loop once every client is answered */
@@ -152,11 +161,18 @@ static uint64_t router_key(const Cqrs__Request *req)
         h = router_fnv(h, c->name, strlen(c->name));
         return router_fnv(h, c->payload.data, c->payload.len);
     }
+    if (req->body_case == CQRS__REQUEST__BODY_CONTROL) {   /* REBUILD */
+        uint64_t op = (uint64_t)req->control->op;
+        h = router_fnv(h, "control", 7);
+        return router_fnv(h, &op, sizeof op);
+    }
     const Cqrs__Query *q = req->query;
     h = router_fnv(h, "query", 5);
     h = router_fnv(h, q->aggregate_type, strlen(q->aggregate_type));
     h = router_fnv(h, q->aggregate_id, strlen(q->aggregate_id));
-    uint64_t parts[3] = { (uint64_t)q->kind, q->from_version, q->max_count };
+    h = router_fnv(h, q->name, strlen(q->name));
+    h = router_fnv(h, q->payload.data, q->payload.len);
+    uint64_t parts[4] = { (uint64_t)q->kind, q->from_version, q->max_count, q->from_position };
     return router_fnv(h, parts, sizeof parts);
 }
 
@@ -255,8 +271,9 @@ static void router_conn_answered(struct conn *c)
 /* Answers request `p` with `st` and forgets it. */
 static void router_answer(struct router *r, struct pending *p, Cqrs__Status st, const char *why)
 {
-    struct conn *c;
-    HASH_FIND(hh, r->conns, &p->conn_id, sizeof p->conn_id, c);
+    struct conn *c = NULL;
+    if (!p->cancelled)   /* a cancelled subscription has had its last word */
+        HASH_FIND(hh, r->conns, &p->conn_id, sizeof p->conn_id, c);
     if (c && !c->closing)
         router_error(c, p->req_id, st, "%s", why);
     HASH_DEL(r->pending, p);
@@ -265,15 +282,11 @@ static void router_answer(struct router *r, struct pending *p, Cqrs__Status st, 
         router_conn_answered(c);
 }
 
-static void router_route(struct router *r, struct conn *c, const Cqrs__Request *req,
-                         const char *type, const uint8_t *body, uint32_t len)
+/* Sends request `req` (encoded as body/len) to child `ch`. */
+static void router_route_to(struct router *r, struct conn *c, const Cqrs__Request *req,
+                            struct child *ch, const uint8_t *body, size_t len, int sub)
 {
     uint64_t req_id = req->id;
-    struct child *ch = sup_find(r->sup, type);
-    if (!ch) {
-        router_error(c, req_id, CQRS__STATUS__INVALID, "unknown aggregate type \"%.64s\"", type);
-        return;
-    }
     uint64_t key = router_key(req);
     struct poison *poison = router_poison(r, ch, 0);
     if (poison && keyset_has(poison->parked, key)) {
@@ -287,7 +300,7 @@ static void router_route(struct router *r, struct conn *c, const Cqrs__Request *
         return;
     }
     *p = (struct pending){ .tag = ++r->next_tag, .conn_id = c->id, .req_id = req_id, .key = key,
-                           .child = ch };
+                           .child = ch, .sub = sub };
     if (sup_send(ch, p->tag, body, len) < 0) {
         free(p);
         if (errno == ESRCH)
@@ -299,6 +312,75 @@ static void router_route(struct router *r, struct conn *c, const Cqrs__Request *
     }
     HASH_ADD(hh, r->pending, tag, sizeof p->tag, p);
     c->inflight++;
+}
+
+static void router_route(struct router *r, struct conn *c, const Cqrs__Request *req,
+                         const char *type, const uint8_t *body, uint32_t len)
+{
+    struct child *ch = sup_find(r->sup, type);
+    if (!ch || ch->cfg.kind != CHILD_WORKER) {
+        router_error(c, req->id, CQRS__STATUS__INVALID, "unknown aggregate type \"%.64s\"", type);
+        return;
+    }
+    router_route_to(r, c, req, ch, body, len, 0);
+}
+
+/* The projector child (at most one is configured); NULL if none. */
+static struct child *router_projector(struct router *r)
+{
+    for (size_t i = 0; i < sup_count(r->sup); i++) {
+        struct child *ch = sup_child(r->sup, i);
+        if (ch->cfg.kind == CHILD_PROJECTOR && !ch->removing)
+            return ch;
+    }
+    return NULL;
+}
+
+static uint64_t router_head(struct router *r, const char *type)
+{
+    struct head *h;
+    HASH_FIND_STR(r->heads, type, h);
+    return h ? h->position : 0;
+}
+
+/* A query of the read model (READ_MODEL, SUBSCRIBE, ALL_EVENTS) or REBUILD:
+ * to the projector. A READ_MODEL query with `latest` waits for every event
+ * acknowledged so far: its min_position is raised to the type's head. */
+static void router_route_projector(struct router *r, struct conn *c, Cqrs__Request *req,
+                                   const uint8_t *body, uint32_t len)
+{
+    struct child *ch = router_projector(r);
+    if (!ch) {
+        router_error(c, req->id, CQRS__STATUS__UNAVAILABLE,
+                     "no read model is configured (a [child] with kind = projector)");
+        return;
+    }
+    Cqrs__Query *q = req->body_case == CQRS__REQUEST__BODY_QUERY ? req->query : NULL;
+    if (q) {
+        const struct aggregate_type *t = aggregate_lookup(q->aggregate_type);
+        if (!t || !t->projection) {
+            router_error(c, req->id, CQRS__STATUS__INVALID,
+                         "no aggregate type \"%.64s\" with a read model", q->aggregate_type);
+            return;
+        }
+    }
+    if (q && q->kind == CQRS__QUERY__KIND__READ_MODEL && q->latest) {
+        uint64_t head = router_head(r, q->aggregate_type);
+        if (head > q->min_position) {
+            q->min_position = head;
+            size_t n = cqrs__request__get_packed_size(req);
+            uint8_t *buf = malloc(n ? n : 1);
+            if (!buf) {
+                router_error(c, req->id, CQRS__STATUS__BUSY, "cqrsd is out of memory");
+                return;
+            }
+            cqrs__request__pack(req, buf);
+            router_route_to(r, c, req, ch, buf, n, 0);
+            free(buf);
+            return;
+        }
+    }
+    router_route_to(r, c, req, ch, body, len, q && q->kind == CQRS__QUERY__KIND__SUBSCRIBE);
 }
 
 static void router_reload_done(void *arg, int ok, const char *error)
@@ -341,7 +423,12 @@ static void router_on_frame(struct router *r, struct conn *c, const uint8_t *bod
         router_route(r, c, req, req->command->aggregate_type, body, len);
         break;
     case CQRS__REQUEST__BODY_QUERY:
-        router_route(r, c, req, req->query->aggregate_type, body, len);
+        if (req->query->kind == CQRS__QUERY__KIND__READ_MODEL ||
+            req->query->kind == CQRS__QUERY__KIND__SUBSCRIBE ||
+            req->query->kind == CQRS__QUERY__KIND__ALL_EVENTS)
+            router_route_projector(r, c, req, body, len);
+        else
+            router_route(r, c, req, req->query->aggregate_type, body, len);
         break;
     default:   /* control: request_check let nothing else through */
         if (req->control->op != CQRS__CONTROL__OP__STATUS && r->cfg.server.n_admin_uids &&
@@ -350,6 +437,8 @@ static void router_on_frame(struct router *r, struct conn *c, const uint8_t *bod
                          "permission denied: uid %d is not in admin_uids", (int)c->uid);
         else if (req->control->op == CQRS__CONTROL__OP__RELOAD)
             router_start_reload(r, c, req->id);
+        else if (req->control->op == CQRS__CONTROL__OP__REBUILD)
+            router_route_projector(r, c, req, body, len);
         else if (control_reply(r->sup, req->id, req->control, bufferevent_get_output(c->bev)) < 0)
             c->closing = 1;
     }
@@ -512,6 +601,105 @@ static void router_on_listen_error(struct evconnlistener *l, void *arg)
 
 /* ---- supervisor hooks ---------------------------------------------------- */
 
+/* Gives up subscription `p`: the projector is told (an empty frame with its
+ * tag) and answers with a final reply, swallowed then. */
+static void router_cancel_sub(struct router *r, struct pending *p, struct conn *c)
+{
+    p->cancelled = 1;
+    sup_send(p->child, p->tag, NULL, 0);
+    if (c)
+        router_conn_answered(c);
+    (void)r;
+}
+
+/* A reply to subscription `p`. Returns 1 when it was handled here (more
+ * replies follow: `p` stays), 0 when it is the final one. */
+static int router_on_sub_reply(struct router *r, struct child *ch, struct pending *p,
+                               struct conn *c, const uint8_t *body, size_t len)
+{
+    (void)ch;
+    Cqrs__Reply *rep = cqrs__reply__unpack(NULL, len, body);
+    int more = rep && rep->more;
+    if (rep)
+        cqrs__reply__free_unpacked(rep, NULL);
+    if (!more)
+        return 0;
+    if (p->cancelled)
+        return 1;
+    if (!c || c->closing) {
+        router_cancel_sub(r, p, c);   /* its client has gone */
+        return 1;
+    }
+    size_t unread = evbuffer_get_length(bufferevent_get_output(c->bev));
+    if (unread > ROUTER_MAX_UNREAD_REPLIES) {
+        log_warn("connection %llu (uid %d, pid %d): subscriber too slow, %zu bytes of events "
+                 "unread: dropped", (unsigned long long)c->id, (int)c->uid, (int)c->pid, unread);
+        router_error(c, p->req_id, CQRS__STATUS__BUSY,
+                     "subscriber too slow: dropped with %zu bytes of events unread; subscribe "
+                     "again from the last position received", unread);
+        router_cancel_sub(r, p, c);
+        return 1;
+    }
+    if (frame_put_bytes(bufferevent_get_output(c->bev), NULL, body, len) < 0)
+        c->closing = 1;
+    return 1;
+}
+
+/* Commits forwarded to a projector that does not read them: past this they
+ * are dropped, and it catches up from the journal instead. */
+#define ROUTER_MAX_PROJECTOR_BACKLOG (16u << 20)
+
+/* Sends Commit{position, type} (no events) to the projector `pr`. */
+static void router_send_head(struct child *pr, const char *type, uint64_t position)
+{
+    Cqrs__Commit cm = CQRS__COMMIT__INIT;
+    cm.position = position;
+    cm.aggregate_type = (char *)type;
+    uint64_t tag = FRAME_TAG_COMMIT;
+    frame_put(bufferevent_get_output(pr->bev), &tag, &cm.base);
+}
+
+/* A worker committed a batch: note its type's head, and pass it on to the
+ * projector when it runs (one that misses it catches up from the journal). */
+static void router_on_commit(void *arg, struct child *ch, const uint8_t *body, size_t len)
+{
+    struct router *r = arg;
+    uint64_t position = 0;
+    /* the worker writes field 1 (position, a varint) first */
+    if (len >= 2 && body[0] == 0x08)
+        for (size_t i = 1, shift = 0; i < len && i < 11; i++, shift += 7) {
+            position |= (uint64_t)(body[i] & 0x7f) << shift;
+            if (!(body[i] & 0x80))
+                break;
+        }
+    struct head *h;
+    HASH_FIND_STR(r->heads, ch->name, h);
+    if (!h && (h = calloc(1, sizeof *h)) != NULL) {
+        snprintf(h->type, sizeof h->type, "%s", ch->name);
+        HASH_ADD_STR(r->heads, type, h);
+    }
+    if (h)
+        h->position = position;
+    struct child *pr = router_projector(r);
+    if (!pr || pr->state != CHILD_RUNNING || !pr->bev)
+        return;
+    struct evbuffer *out = bufferevent_get_output(pr->bev);
+    if (evbuffer_get_length(out) > ROUTER_MAX_PROJECTOR_BACKLOG)
+        router_send_head(pr, ch->name, position);   /* it will read the events from disk */
+    else
+        frame_put_bytes(out, &(uint64_t){ FRAME_TAG_COMMIT }, body, len);
+}
+
+/* A child is up: a projector learns every type's head, to catch up to. */
+static void router_on_up(void *arg, struct child *ch)
+{
+    struct router *r = arg;
+    if (ch->cfg.kind != CHILD_PROJECTOR)
+        return;
+    for (struct head *h = r->heads; h; h = h->hh.next)
+        router_send_head(ch, h->type, h->position);
+}
+
 static int router_on_reply(void *arg, struct child *ch, uint64_t tag, const uint8_t *body, size_t len)
 {
     struct router *r = arg;
@@ -522,10 +710,16 @@ static int router_on_reply(void *arg, struct child *ch, uint64_t tag, const uint
                   (unsigned long long)tag);
         return -1;
     }
-    struct conn *c;
-    HASH_FIND(hh, r->conns, &p->conn_id, sizeof p->conn_id, c);
+    struct conn *c = NULL;
+    if (!p->cancelled)
+        HASH_FIND(hh, r->conns, &p->conn_id, sizeof p->conn_id, c);
+    if (p->sub && router_on_sub_reply(r, ch, p, c, body, len))
+        return 0;
     HASH_DEL(r->pending, p);
+    int cancelled = p->cancelled;
     free(p);
+    if (cancelled)
+        return 0;   /* the end of a subscription already answered */
     r->served++;
     if (c) {
         if (!c->closing && frame_put_bytes(bufferevent_get_output(c->bev), NULL, body, len) < 0)
@@ -554,7 +748,7 @@ static void router_answer_child(struct router *r, struct child *ch, struct keyse
     HASH_ITER(hh, r->pending, p, tmp) {
         if (p->child != ch || keyset_has(skip, p->tag))
             continue;
-        if (keys)
+        if (keys && !p->sub)   /* a subscription lives through crashes: never poison */
             keyset_add(keys, p->key);
         router_answer(r, p, CQRS__STATUS__UNAVAILABLE, why);
     }
@@ -568,8 +762,12 @@ static void router_fail_child(void *arg, struct child *ch, const char *reason)
     struct keyset *crash = NULL, *held = NULL;
     sup_held_tags(ch, router_add_held, &held);
     char why[300];
-    snprintf(why, sizeof why, "%s; the command may or may not have been applied: retry it "
-             "with the same command_id", reason);
+    if (ch->cfg.kind == CHILD_PROJECTOR)
+        snprintf(why, sizeof why, "%s; ask again (a subscription: from the position after the "
+                 "last one received)", reason);
+    else
+        snprintf(why, sizeof why, "%s; the command may or may not have been applied: retry it "
+                 "with the same command_id", reason);
     router_answer_child(r, ch, held, &crash, why);
     router_note_crash(r, ch, crash);
     keyset_clear(&held);
@@ -589,7 +787,8 @@ void router_accept(struct router *r)
 struct sup_hooks router_sup_hooks(struct router *r)
 {
     return (struct sup_hooks){ .arg = r, .reply = router_on_reply, .down = router_fail_child,
-                               .expire = router_on_expire };
+                               .expire = router_on_expire, .up = router_on_up,
+                               .commit = router_on_commit };
 }
 
 void router_set_sup(struct router *r, struct sup *sup)
@@ -761,6 +960,11 @@ void router_free(struct router *r)
         keyset_clear(&po->last_crash);
         keyset_clear(&po->parked);
         free(po);
+    }
+    struct head *h, *htmp;
+    HASH_ITER(hh, r->heads, h, htmp) {
+        HASH_DEL(r->heads, h);
+        free(h);
     }
     free(r->path);
     free(r);

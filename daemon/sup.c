@@ -167,8 +167,9 @@ static void sup_on_bev_event(struct bufferevent *bev, short what, void *arg);
  * for `name` with its end of a socketpair as fd 3; *fd is the daemon's end.
  * The worker sets PR_SET_PDEATHSIG itself and checks that its parent is
  * still the pid it was given. */
-static pid_t sup_launch(struct sup *s, const char *name, int standby, int *fd)
+static pid_t sup_launch(struct sup *s, const struct child *c, int standby, int *fd)
 {
+    const char *name = c->name;
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         log_error("child %s: socketpair: %s", name, strerror(errno));
@@ -179,9 +180,16 @@ static pid_t sup_launch(struct sup *s, const char *name, int standby, int *fd)
     char *argv[11 + CONFIG_WORKER_ARGS] = { "cqrs-worker", "--type", (char *)name, "--data-dir",
                                             (char *)s->opt.data_dir, "--fd", "3",
                                             "--supervisor-pid", ppid };
+    const char *path = s->opt.worker_path;
     size_t n = 9 + config_worker_args(&s->cfg.storage, argv + 9, buf, sizeof buf);
     if (standby)
         argv[n] = "--standby";
+    if (c->cfg.kind == CHILD_PROJECTOR) {   /* the same, less the worker's own options */
+        path = s->opt.projector_path;
+        argv[0] = "cqrs-projector";
+        memmove(argv + 1, argv + 3, 6 * sizeof *argv);
+        argv[7] = NULL;
+    }
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t at;
     sigset_t none, defaults;
@@ -195,12 +203,12 @@ static pid_t sup_launch(struct sup *s, const char *name, int standby, int *fd)
     posix_spawnattr_setsigdefault(&at, &defaults);
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     pid_t pid;
-    int rc = posix_spawn(&pid, s->opt.worker_path, &fa, &at, argv, environ);
+    int rc = posix_spawn(&pid, path, &fa, &at, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&at);
     close(sv[1]);
     if (rc != 0) {
-        log_error("child %s: cannot run %s: %s", name, s->opt.worker_path, strerror(rc));
+        log_error("child %s: cannot run %s: %s", name, path, strerror(rc));
         close(sv[0]);
         return -1;
     }
@@ -235,9 +243,9 @@ static void sup_standby_start(struct child *c)
     struct sup *s = c->sup;
     struct standby *sb = &c->standby;
     int fd;
-    if (!s->cfg.standby || s->stopping || sb->pid > 0)
+    if (!s->cfg.standby || s->stopping || sb->pid > 0 || c->cfg.kind != CHILD_WORKER)
         return;
-    pid_t pid = sup_launch(s, c->name, 1, &fd);
+    pid_t pid = sup_launch(s, c, 1, &fd);
     if (pid < 0)
         return;   /* restarts will spawn, as without standby */
     sb->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
@@ -273,7 +281,7 @@ static int sup_spawn(struct child *c)
         *sb = (struct standby){ 0 };
     } else {
         int fd;
-        if ((pid = sup_launch(s, c->name, 0, &fd)) < 0)
+        if ((pid = sup_launch(s, c, 0, &fd)) < 0)
             return -1;
         c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
         if (!c->bev) {
@@ -377,6 +385,8 @@ static void sup_on_ready(struct child *c)
         c->n_waiting = 0;
     }
     sup_standby_start(c);
+    if (c->sup->hooks.up)
+        c->sup->hooks.up(c->sup->hooks.arg, c);
     sup_step(c->sup);
 }
 
@@ -402,6 +412,14 @@ static void sup_dispatch(struct child *c, struct evbuffer *in)
                 memcpy(c->stats, f.body, c->stats_len);
                 c->stats_seen = 1;
             }
+        } else if (f.tag == FRAME_TAG_COMMIT) {
+            if (c->cfg.kind != CHILD_WORKER) {
+                st = FRAME_TOO_BIG;   /* only workers commit */
+                frame_consume(in, &f);
+                break;
+            }
+            if (c->sup->hooks.commit)
+                c->sup->hooks.commit(c->sup->hooks.arg, c, f.body, f.len);
         } else if (c->state == CHILD_RUNNING &&
                    c->sup->hooks.reply(c->sup->hooks.arg, c, f.tag, f.body, f.len) < 0) {
             st = FRAME_TOO_BIG;   /* a reply to nothing: as bad as a malformed frame */
@@ -744,7 +762,7 @@ static void sup_remove(struct sup *s, struct child *c)
 
 static int sup_child_config_equal(const struct child_config *a, const struct child_config *b)
 {
-    return a->restart == b->restart && a->shutdown_ms == b->shutdown_ms;
+    return a->restart == b->restart && a->shutdown_ms == b->shutdown_ms && a->kind == b->kind;
 }
 
 int sup_busy(const struct sup *s)

@@ -28,7 +28,9 @@
  *
  * The daemon end of each child's socketpair carries tagged frames (see
  * lib/frame.h); tag-0 frames are the supervisor channel (ready, ping/pong),
- * the rest are replies, handed to the router through the hooks.
+ * FRAME_TAG_COMMIT frames a worker's committed events, the rest are
+ * replies; commits and replies go to the router through the hooks. A child
+ * of kind projector runs cqrs-projector (no standby) and speaks the same.
  */
 #ifndef CQRS_SUP_H
 #define CQRS_SUP_H
@@ -92,6 +94,10 @@ struct sup_hooks {
     void (*down)(void *arg, struct child *c, const char *reason);
     /* `c`'s held requests timed out, or will never be delivered. */
     void (*expire)(void *arg, struct child *c, const char *reason);
+    /* `c` reported ready (it is running). May be NULL. */
+    void (*up)(void *arg, struct child *c);
+    /* A worker's committed batch (a packed cqrs.Commit). May be NULL. */
+    void (*commit)(void *arg, struct child *c, const uint8_t *body, size_t len);
     /* Every child is running for the first time (called with booted_arg). */
     void (*booted)(void *arg);
     void *booted_arg;
@@ -99,6 +105,7 @@ struct sup_hooks {
 
 struct sup_options {
     const char *worker_path;
+    const char *projector_path;     /* for children of kind projector */
     const char *data_dir;
     unsigned wait_timeout_ms;       /* how long a held request waits */
     size_t wait_limit;              /* held requests per child */

@@ -6,7 +6,9 @@
  *
  * Between cqrsd and a worker the body starts with an 8-byte big-endian tag
  * (cqrsd's own request number), then the protobuf message; clients never
- * see tags.
+ * see tags. Tag 0 is the supervisor channel (ready, heartbeats, stop), and
+ * tag FRAME_TAG_COMMIT carries committed events (a cqrs.Commit) from a
+ * worker to cqrsd and from cqrsd to the projectors.
  *
  * There is one decoder, frame_next, over a libevent buffer: event-loop
  * callbacks call it on their input buffer; blocking code fills a buffer from
@@ -24,6 +26,7 @@
 #define FRAME_HEADER_LEN 4
 #define FRAME_TAG_LEN 8
 #define FRAME_MAX_DEFAULT (1u << 20)
+#define FRAME_TAG_COMMIT UINT64_MAX
 
 enum frame_status {
     FRAME_OK = 1,          /* a whole frame is at the front of the buffer */

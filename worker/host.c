@@ -362,6 +362,8 @@ static void host_reply_events(struct host *h, uint64_t tag, uint64_t id, struct 
     }
     r.n_events = got;
     r.events = evs;
+    if (got)
+        r.position = evs[got - 1]->position;
     host_queue(h, tag, id, s, &r);
     host_touch(h, s);   /* reading may have reopened its file */
     for (size_t i = 0; i < got; i++)
@@ -610,6 +612,64 @@ void host_stats(const struct host *h, Cqrs__WorkerStats *out)
     out->open_files = (uint32_t)h->n_open;
 }
 
+static size_t host_varint(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    do {
+        p[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    return n;
+}
+
+/* Publishes the batch just committed (or, with no records, the position
+ * reached) to cqrsd as a cqrs.Commit tagged FRAME_TAG_COMMIT: position
+ * first (cqrsd reads it without decoding the rest), then the type, then
+ * each record's EventRecord bytes as they are, without re-encoding. */
+static void host_publish(struct host *h, struct evbuffer *out, const uint8_t *recs, size_t len)
+{
+    uint8_t hdr[32];
+    size_t tlen = strlen(h->type->name), n = 0;
+    hdr[n++] = 0x08;
+    n += host_varint(hdr + n, store_position(h->store));
+    hdr[n++] = 0x12;
+    n += host_varint(hdr + n, tlen);
+    size_t body = n + tlen;
+    for (size_t off = 0; off + EVLOG_HEADER_LEN <= len;) {
+        uint32_t plen = frame_get32(recs + off);
+        uint8_t v[10];
+        body += 1 + host_varint(v, plen) + plen;
+        off += EVLOG_HEADER_LEN + plen;
+    }
+    if (body + FRAME_TAG_LEN > UINT32_MAX)
+        return;   /* cannot be: a batch is far smaller; the projector would catch up anyway */
+    uint8_t frame[FRAME_HEADER_LEN + FRAME_TAG_LEN];
+    frame_set32(frame, (uint32_t)(body + FRAME_TAG_LEN));
+    frame_set64(frame + FRAME_HEADER_LEN, FRAME_TAG_COMMIT);
+    if (evbuffer_add(out, frame, sizeof frame) < 0 || evbuffer_add(out, hdr, n) < 0 ||
+        evbuffer_add(out, h->type->name, tlen) < 0)
+        goto nomem;
+    for (size_t off = 0; off + EVLOG_HEADER_LEN <= len;) {
+        uint32_t plen = frame_get32(recs + off);
+        uint8_t v[11];
+        v[0] = 0x1a;
+        size_t vn = 1 + host_varint(v + 1, plen);
+        if (evbuffer_add(out, v, vn) < 0 ||
+            evbuffer_add(out, recs + off + EVLOG_HEADER_LEN, plen) < 0)
+            goto nomem;
+        off += EVLOG_HEADER_LEN + plen;
+    }
+    return;
+nomem:
+    log_error("out of memory publishing a batch");
+    abort();   /* the frame is half written: only a restart gets the channel back */
+}
+
+void host_publish_position(struct host *h, struct evbuffer *out)
+{
+    host_publish(h, out, NULL, 0);
+}
+
 void host_commit(struct host *h, struct evbuffer *out)
 {
     /* TEST ONLY: CQRS_TEST_WORKER_GARBAGE=<aggregate id> makes the batch that
@@ -631,6 +691,12 @@ void host_commit(struct host *h, struct evbuffer *out)
         why = strerror(journal_failed);
         log_error("%s: cannot write the journal: %s; the batch's commands fail and nothing of "
                   "them is kept", h->type->name, why);
+    } else if (h->dirty) {
+        /* committed: published before any reply, so cqrsd knows the new
+         * position by the time a client learns of its command */
+        size_t blen;
+        const uint8_t *batch = store_committed(h->store, &blen);
+        host_publish(h, out, batch, blen);
     }
     for (struct stream *s = h->dirty, *next; s; s = next) {
         next = s->next_dirty;

@@ -38,6 +38,12 @@ void host_request(struct host *h, uint64_t tag, const uint8_t *body, size_t len)
 /* Makes the batch durable and appends its tagged replies to `out`. */
 void host_commit(struct host *h, struct evbuffer *out);
 
+/* Tells cqrsd the position the type has reached (a cqrs.Commit without
+ * events, tagged FRAME_TAG_COMMIT): sent once the worker is ready. Each
+ * batch committed by host_commit is published the same way, events and all,
+ * before its replies. */
+void host_publish_position(struct host *h, struct evbuffer *out);
+
 /* Counters for the heartbeat answer. */
 void host_stats(const struct host *h, Cqrs__WorkerStats *out);
 

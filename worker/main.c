@@ -56,14 +56,18 @@ struct worker {
 };
 
 /* Opens the type's storage (recovering it from the journal) and says
- * "ready" (an empty tag-0 frame). 0, or -1 when the storage is unusable. */
+ * "ready" (an empty tag-0 frame), followed by the position the type has
+ * reached (see host_publish_position). 0, or -1 when the storage is unusable. */
 static int worker_activate(struct worker *w)
 {
     w->host = host_new(w->base, w->type, w->data_dir, &w->sopt);
     if (!w->host)
         return -1;
     uint64_t zero = 0;
-    return frame_put_bytes(bufferevent_get_output(w->bev), &zero, NULL, 0);
+    if (frame_put_bytes(bufferevent_get_output(w->bev), &zero, NULL, 0) < 0)
+        return -1;
+    host_publish_position(w->host, bufferevent_get_output(w->bev));
+    return 0;
 }
 
 /* Handles every whole frame in `in` as one batch. */

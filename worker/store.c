@@ -44,6 +44,7 @@ struct store {
     uint8_t *staged;
     size_t staged_len, staged_cap;
     uint64_t staged_first;
+    size_t committed_len;       /* the last batch committed: staged[0, committed_len) */
     int journal_unsynced;       /* fsync = batch: appended since the last sync */
     struct store_stats stats;
     struct strset *unsynced;    /* stream files written since the last checkpoint */
@@ -541,8 +542,10 @@ int store_stage(struct store *st, const uint8_t *rec, size_t len)
         st->staged = n;
         st->staged_cap = ncap;
     }
-    if (!st->staged_len)
+    if (!st->staged_len) {
         st->staged_first = st->next_position;
+        st->committed_len = 0;
+    }
     memcpy(st->staged + st->staged_len, rec, len);
     st->staged_len += len;
     st->next_position++;
@@ -558,6 +561,7 @@ int store_commit(struct store *st)
     if (rc < 0) {
         st->next_position = st->staged_first;   /* those positions were never used */
     } else {
+        st->committed_len = st->staged_len;
         st->stats.batches++;
         st->stats.events += st->next_position - st->staged_first;
         if (st->opt.fsync == STORE_FSYNC_ALWAYS)
@@ -589,4 +593,15 @@ void store_get_stats(const struct store *st, struct store_stats *out)
 void store_write_failed(struct store *st)
 {
     st->repair = 1;
+}
+
+const uint8_t *store_committed(const struct store *st, size_t *len)
+{
+    *len = st->committed_len;
+    return st->staged;
+}
+
+uint64_t store_position(const struct store *st)
+{
+    return journal_last(st->journal);
 }

@@ -62,6 +62,8 @@ struct store *store_open(struct event_base *base, const char *type_dir,
                          const struct store_options *opt, char *err, size_t errlen);
 void store_free(struct store *st);
 
+/* The position of the last event committed. */
+uint64_t store_position(const struct store *st);
 /* The position the next event gets. */
 uint64_t store_next_position(const struct store *st);
 /* Adds one encoded record (position = store_next_position) to the batch. */
@@ -69,6 +71,10 @@ int store_stage(struct store *st, const uint8_t *rec, size_t len);
 /* Makes the staged batch durable in the journal. 0, or -1 with errno: the
  * batch is gone (cut back) and its positions will be given again. */
 int store_commit(struct store *st);
+/* The encoded records (evlog records: header + EventRecord) of the batch
+ * the last successful store_commit made durable; valid until the next
+ * store_stage. *len 0: none. */
+const uint8_t *store_committed(const struct store *st, size_t *len);
 /* Changes whenever the files written so far have been handed to a
  * checkpoint: a file written again within one epoch need not be listed
  * again. Starts at 1. */

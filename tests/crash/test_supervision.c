@@ -915,9 +915,9 @@ Test(supervision, cqrsctl_kill_then_status_json)
     json_t *doc = json_loads(ctl_out, 0, &je);
     cr_assert(doc, "not JSON (%s): %s", je.text, ctl_out);
     json_t *list = json_object_get(doc, "children");
-    cr_assert(json_is_array(list) && json_array_size(list) == 2, "children: %s", ctl_out);
+    cr_assert(json_is_array(list) && json_array_size(list) == 3, "children: %s", ctl_out);
     int seen = 0;
-    for (size_t i = 0; i < 2; i++) {
+    for (size_t i = 0; i < 3; i++) {
         json_t *ch = json_array_get(list, i);
         const char *name = json_string_value(json_object_get(ch, "name"));
         const char *state = json_string_value(json_object_get(ch, "state"));
@@ -936,9 +936,13 @@ Test(supervision, cqrsctl_kill_then_status_json)
             seen |= 2;
             cr_assert_eq(pid, a0.pid, "%s", ctl_out);
             cr_assert_eq(restarts, 0, "%s", ctl_out);
+        } else if (strcmp(name, "readmodel") == 0) {
+            seen |= 4;
+            cr_assert_eq(restarts, 0, "the projector restarted with the wallet worker: %s",
+                         ctl_out);
         }
     }
-    cr_assert_eq(seen, 3, "%s", ctl_out);
+    cr_assert_eq(seen, 7, "%s", ctl_out);
     json_decref(doc);
 
     rc = ctl("status", NULL, NULL);

@@ -64,8 +64,9 @@ static int snap_cb(const char *path, const struct stat *sb, int flag, struct FTW
     const char *rel = path + strlen(d.data);
     char line[PATH_MAX + 40];
     /* Stream logs must not grow; the journal (if any) may be rewritten by
-     * housekeeping, so only its file names count. */
-    if (flag == FTW_F && !strstr(rel, "/journal/"))
+     * housekeeping, and the read model catches up with earlier commands
+     * whenever it does, so only their file names count. */
+    if (flag == FTW_F && !strstr(rel, "/journal/") && strncmp(rel, "/readmodel.db", 13) != 0)
         snprintf(line, sizeof line, "%s %lld", rel, (long long)sb->st_size);
     else
         snprintf(line, sizeof line, "%s%s", rel, flag == FTW_D ? "/" : "");

@@ -471,21 +471,22 @@ Test(systemd, notify_ready_status_watchdog_stopping)
     char before[8192];
     notify_wait("READY=1", 15000, NULL, 0, before, sizeof before);
     char *log = daemon_log(&d);
-    int booted = strstr(log, "all 2 children running") != NULL;
+    int booted = strstr(log, "all 3 children running") != NULL;
     free(log);
     if (!booted)
         daemon_show_log(&d, "READY=1 came before the children ran");
-    cr_assert(booted, "READY=1 arrived before cqrsd logged \"all 2 children running\"");
+    cr_assert(booted, "READY=1 arrived before cqrsd logged \"all 3 children running\"");
     cr_assert(!lines_find(before, "READY="), "a READY before the one after boot: %s",
               lines_find(before, "READY="));
     cr_assert(!lines_find(before, "STOPPING="), "STOPPING before READY: %s",
               lines_find(before, "STOPPING="));
     struct child_status st[HARNESS_MAX_CHILDREN];
     size_t n = daemon_status(&d, st, HARNESS_MAX_CHILDREN);
-    cr_assert_eq(n, 2, "STATUS lists %zu children right after READY=1, expected 2", n);
+    cr_assert_eq(n, 3, "STATUS lists %zu children right after READY=1, expected 3", n);
     cr_assert_str_eq(st[0].name, "wallet");
     cr_assert_str_eq(st[1].name, "account");
-    for (size_t i = 0; i < 2; i++)
+    cr_assert_str_eq(st[2].name, "readmodel");
+    for (size_t i = 0; i < 3; i++)
         cr_assert(strcmp(st[i].state, "running") == 0 && st[i].pid > 0,
                   "right after READY=1, %s is %s (pid %d)", st[i].name, st[i].state,
                   (int)st[i].pid);
@@ -493,8 +494,8 @@ Test(systemd, notify_ready_status_watchdog_stopping)
     /* STATUS= names how many children run (sent with READY=1, then every 5 s). */
     char status_line[600];
     notify_wait("STATUS=", 7000, status_line, sizeof status_line, NULL, 0);
-    cr_assert(strstr(status_line, "2/2 children running"),
-              "STATUS= line does not say \"2/2 children running\": %s", status_line);
+    cr_assert(strstr(status_line, "3/3 children running"),
+              "STATUS= line does not say \"3/3 children running\": %s", status_line);
 
     /* WATCHDOG=1 every WATCHDOG_USEC/2 (100 ms): over one second, at least
      * 5 and (not a speed check, a flood check) at most 50. */
@@ -607,7 +608,7 @@ Test(systemd, socket_activation)
 
     struct child_status st[HARNESS_MAX_CHILDREN];
     size_t k = daemon_status(&d, st, HARNESS_MAX_CHILDREN);
-    cr_assert_eq(k, 2, "STATUS lists %zu children, expected 2", k);
+    cr_assert_eq(k, 3, "STATUS lists %zu children, expected 3 (wallet, account, readmodel)", k);
     cr_assert(strcmp(st[0].name, "wallet") == 0 && strcmp(st[0].state, "running") == 0,
               "first child: %s %s", st[0].name, st[0].state);
     cr_assert(strcmp(st[1].name, "account") == 0 && strcmp(st[1].state, "running") == 0,

@@ -45,9 +45,12 @@ Test(config, defaults_are_wallet_then_account_one_for_one)
     cr_assert_eq(cfg.heartbeat_ms, 1000);
     cr_assert_eq(cfg.heartbeat_timeout_ms, 3000);
     cr_assert_eq(cfg.standby, 1);
-    cr_assert_eq(cfg.n_children, 2);
+    cr_assert_eq(cfg.n_children, 3);
     cr_assert_str_eq(cfg.children[0].name, "wallet");
     cr_assert_str_eq(cfg.children[1].name, "account");
+    cr_assert_str_eq(cfg.children[2].name, "readmodel");
+    cr_assert_eq(cfg.children[0].kind, CHILD_WORKER);
+    cr_assert_eq(cfg.children[2].kind, CHILD_PROJECTOR);
     cr_assert_eq(cfg.children[0].restart, RESTART_PERMANENT);
     cr_assert_eq(cfg.children[1].shutdown_ms, 5000);
 }
@@ -172,6 +175,21 @@ Test(config, unknown_type_duplicate_child_unknown_section)
     expect_error("[storage]\nfsync = sometimes\n[child wallet]\n", 2, "fsync");
     expect_error("[storage]\ncheckpoint_ms = 0\n[child wallet]\n", 2, "checkpoint_ms");
     expect_error("[storage]\nfsnyc = always\n[child wallet]\n", 2, "unknown key \"fsnyc\" in [storage]");
+}
+
+Test(config, projector_child)
+{
+    cr_assert_eq(load("[child wallet]\n[child views]\nkind = projector\nrestart = transient\n"),
+                 0, "%s", err);
+    cr_assert_eq(cfg.n_children, 2);
+    cr_assert_str_eq(cfg.children[1].name, "views");
+    cr_assert_eq(cfg.children[1].kind, CHILD_PROJECTOR);
+    cr_assert_eq(cfg.children[1].restart, RESTART_TRANSIENT);
+    cr_assert_eq(cfg.children[0].kind, CHILD_WORKER);
+    expect_error("[child wallet]\n[child views]\nkind = viewer\n", 3, "kind");
+    expect_error("[child wallet]\n[child a]\nkind = projector\n[child b]\nkind = projector\n",
+                 4, "second projector");
+    expect_error("[child wallet]\n[child bad/name]\n", 2, "name");
 }
 
 Test(config, no_children_or_unreadable_file)

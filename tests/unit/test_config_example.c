@@ -30,5 +30,6 @@ Test(config_example, shipped_file_equals_the_built_in_defaults)
         cr_assert_str_eq(file.children[i].name, builtin.children[i].name);
         cr_assert_eq(file.children[i].restart, builtin.children[i].restart);
         cr_assert_eq(file.children[i].shutdown_ms, builtin.children[i].shutdown_ms);
+        cr_assert_eq(file.children[i].kind, builtin.children[i].kind);
     }
 }
