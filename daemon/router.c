@@ -748,7 +748,7 @@ static void router_answer_child(struct router *r, struct child *ch, struct keyse
     HASH_ITER(hh, r->pending, p, tmp) {
         if (p->child != ch || keyset_has(skip, p->tag))
             continue;
-        if (keys && !p->sub)   /* a subscription lives through crashes: never poison */
+        if (keys)
             keyset_add(keys, p->key);
         router_answer(r, p, CQRS__STATUS__UNAVAILABLE, why);
     }
@@ -768,8 +768,13 @@ static void router_fail_child(void *arg, struct child *ch, const char *reason)
     else
         snprintf(why, sizeof why, "%s; the command may or may not have been applied: retry it "
                  "with the same command_id", reason);
-    router_answer_child(r, ch, held, &crash, why);
-    router_note_crash(r, ch, crash);
+    /* queries cannot poison anything: a projector that dies on one is
+     * bounded by the restart intensity, and one waiting for a position,
+     * or a rebuild, is in flight at every crash */
+    int poison = ch->cfg.kind == CHILD_WORKER;
+    router_answer_child(r, ch, held, poison ? &crash : NULL, why);
+    if (poison)
+        router_note_crash(r, ch, crash);
     keyset_clear(&held);
 }
 

@@ -484,7 +484,9 @@ static int wallet_evolve(void *state, const ProtobufCMessage *event)
 /* --- projection: the read model's wallets -------------------------------- */
 
 /* wallets holds each wallet's view; wallet_blocks its open authorizations,
- * so a capture knows how much of its block it releases. */
+ * so a capture knows how much of its block it releases. Sums are grouped
+ * so that no intermediate value leaves int64 (SQLite would silently turn
+ * it into a float): available + (to - from) <= to. */
 static const char *const wallet_schema[] = {
     "CREATE TABLE IF NOT EXISTS wallets(id TEXT PRIMARY KEY, label TEXT NOT NULL, "
     "balance INTEGER NOT NULL, available INTEGER NOT NULL, blocked_count INTEGER NOT NULL, "
@@ -504,7 +506,8 @@ static const char *const wallet_sql_renamed[] = {
     "UPDATE wallets SET label = :name WHERE id = :id", NULL,
 };
 static const char *const wallet_sql_topped_up[] = {
-    "UPDATE wallets SET balance = :to, available = available + :to - :from WHERE id = :id", NULL,
+    "UPDATE wallets SET balance = :to, available = available + (:to - :from) WHERE id = :id",
+    NULL,
 };
 static const char *const wallet_sql_authorized[] = {
     "INSERT INTO wallet_blocks(wallet_id, tx_id, amount) VALUES(:id, :tx_id, :amount)",
@@ -513,8 +516,8 @@ static const char *const wallet_sql_authorized[] = {
     NULL,
 };
 static const char *const wallet_sql_captured[] = {
-    "UPDATE wallets SET balance = balance - :amount, available = available - :amount + "
-    "(SELECT amount FROM wallet_blocks WHERE wallet_id = :id AND tx_id = :tx_id), "
+    "UPDATE wallets SET balance = balance - :amount, available = available + "
+    "((SELECT amount FROM wallet_blocks WHERE wallet_id = :id AND tx_id = :tx_id) - :amount), "
     "blocked_count = blocked_count - 1 WHERE id = :id",
     "DELETE FROM wallet_blocks WHERE wallet_id = :id AND tx_id = :tx_id",
     NULL,
