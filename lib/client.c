@@ -15,9 +15,16 @@
 
 #define CLIENT_MAX_REPLY (64u << 20)
 
+/* The replies read for one id while waiting for another, oldest first: a
+ * streamed request (SUBSCRIBE) has several. */
+struct parked_reply {
+    Cqrs__Reply *reply;
+    struct parked_reply *next;
+};
+
 struct parked {
     uint64_t id;
-    Cqrs__Reply *reply;
+    struct parked_reply *head, *tail;
     UT_hash_handle hh;
 };
 
@@ -62,7 +69,12 @@ void cqrs_client_free(struct cqrs_client *c)
     struct parked *p, *tmp;
     HASH_ITER(hh, c->parked, p, tmp) {
         HASH_DEL(c->parked, p);
-        cqrs__reply__free_unpacked(p->reply, NULL);
+        while (p->head) {
+            struct parked_reply *pr = p->head;
+            p->head = pr->next;
+            cqrs__reply__free_unpacked(pr->reply, NULL);
+            free(pr);
+        }
         free(p);
     }
     if (c->fd >= 0)
@@ -118,13 +130,55 @@ static int client_read_one(struct cqrs_client *c, Cqrs__Reply **out)
     return 0;
 }
 
+/* The oldest reply parked in p; p is freed once empty. */
+static Cqrs__Reply *client_unpark(struct cqrs_client *c, struct parked *p)
+{
+    struct parked_reply *pr = p->head;
+    Cqrs__Reply *r = pr->reply;
+    p->head = pr->next;
+    free(pr);
+    if (!p->head) {
+        HASH_DEL(c->parked, p);
+        free(p);
+    }
+    return r;
+}
+
+/* Keeps r for a later recv of its id, after those already kept for it. */
+static int client_park(struct cqrs_client *c, Cqrs__Reply *r)
+{
+    struct parked *p;
+    struct parked_reply *pr = malloc(sizeof *pr);
+    if (!pr)
+        goto nomem;
+    pr->reply = r;
+    pr->next = NULL;
+    HASH_FIND(hh, c->parked, &r->id, sizeof r->id, p);
+    if (!p) {
+        if (!(p = malloc(sizeof *p))) {
+            free(pr);
+            goto nomem;
+        }
+        p->id = r->id;
+        p->head = p->tail = NULL;
+        HASH_ADD(hh, c->parked, id, sizeof p->id, p);
+    }
+    if (p->tail)
+        p->tail->next = pr;
+    else
+        p->head = pr;
+    p->tail = pr;
+    return 0;
+nomem:
+    cqrs__reply__free_unpacked(r, NULL);
+    errno = ENOMEM;
+    return -1;
+}
+
 int cqrs_client_recv_any(struct cqrs_client *c, Cqrs__Reply **out)
 {
     if (c->parked) {
-        struct parked *p = c->parked;
-        HASH_DEL(c->parked, p);
-        *out = p->reply;
-        free(p);
+        *out = client_unpark(c, c->parked);
         return 0;
     }
     return client_read_one(c, out);
@@ -135,9 +189,7 @@ int cqrs_client_recv(struct cqrs_client *c, uint64_t id, Cqrs__Reply **out)
     struct parked *p;
     HASH_FIND(hh, c->parked, &id, sizeof id, p);
     if (p) {
-        HASH_DEL(c->parked, p);
-        *out = p->reply;
-        free(p);
+        *out = client_unpark(c, p);
         return 0;
     }
     for (;;) {
@@ -149,20 +201,8 @@ int cqrs_client_recv(struct cqrs_client *c, uint64_t id, Cqrs__Reply **out)
             return 0;
         }
         /* Replies with id 0 answer a frame the daemon could not read. */
-        p = malloc(sizeof *p);
-        if (!p) {
-            cqrs__reply__free_unpacked(r, NULL);
-            errno = ENOMEM;
+        if (client_park(c, r) < 0)
             return -1;
-        }
-        p->id = r->id;
-        p->reply = r;
-        struct parked *old;
-        HASH_REPLACE(hh, c->parked, id, sizeof p->id, p, old);
-        if (old) {
-            cqrs__reply__free_unpacked(old->reply, NULL);
-            free(old);
-        }
     }
 }
 
@@ -271,6 +311,52 @@ int cqrs_client_events(struct cqrs_client *c, const char *type, const char *id,
                        uint64_t from_version, uint32_t max_count, Cqrs__Reply **out)
 {
     return client_query(c, type, id, CQRS__QUERY__KIND__EVENTS, from_version, max_count, out);
+}
+
+int cqrs_client_read_model(struct cqrs_client *c, const char *type, const char *name,
+                           const uint8_t *payload, size_t len, uint64_t min_position,
+                           int latest, uint32_t timeout_ms, Cqrs__Reply **out)
+{
+    Cqrs__Request req = CQRS__REQUEST__INIT;
+    Cqrs__Query q = CQRS__QUERY__INIT;
+    q.aggregate_type = (char *)type;
+    q.kind = CQRS__QUERY__KIND__READ_MODEL;
+    q.name = (char *)name;
+    q.payload.data = (uint8_t *)payload;
+    q.payload.len = len;
+    q.min_position = min_position;
+    q.latest = latest != 0;
+    q.timeout_ms = timeout_ms;
+    req.body_case = CQRS__REQUEST__BODY_QUERY;
+    req.query = &q;
+    return cqrs_client_call(c, &req, out);
+}
+
+int cqrs_client_all_events(struct cqrs_client *c, const char *type, uint64_t from_position,
+                           uint32_t max_count, Cqrs__Reply **out)
+{
+    Cqrs__Request req = CQRS__REQUEST__INIT;
+    Cqrs__Query q = CQRS__QUERY__INIT;
+    q.aggregate_type = (char *)type;
+    q.kind = CQRS__QUERY__KIND__ALL_EVENTS;
+    q.from_position = from_position;
+    q.max_count = max_count;
+    req.body_case = CQRS__REQUEST__BODY_QUERY;
+    req.query = &q;
+    return cqrs_client_call(c, &req, out);
+}
+
+int cqrs_client_subscribe_start(struct cqrs_client *c, const char *type,
+                                uint64_t from_position, uint64_t *id_out)
+{
+    Cqrs__Request req = CQRS__REQUEST__INIT;
+    Cqrs__Query q = CQRS__QUERY__INIT;
+    q.aggregate_type = (char *)type;
+    q.kind = CQRS__QUERY__KIND__SUBSCRIBE;
+    q.from_position = from_position;
+    req.body_case = CQRS__REQUEST__BODY_QUERY;
+    req.query = &q;
+    return cqrs_client_send(c, &req, id_out);
 }
 
 int cqrs_client_control(struct cqrs_client *c, Cqrs__Control__Op op,

@@ -5,8 +5,16 @@
  * One struct cqrs_client is one connection to the daemon's Unix socket.
  * Requests may be pipelined: cqrs_client_send assigns each a fresh id and
  * writes it at once; cqrs_client_recv returns the reply for one id, keeping
- * replies that arrive for other ids until they are asked for. Replies are
- * protobuf-c messages (free with cqrs__reply__free_unpacked(r, NULL)).
+ * replies that arrive for other ids until they are asked for (all of them,
+ * in arrival order per id). Replies are protobuf-c messages (free with
+ * cqrs__reply__free_unpacked(r, NULL)).
+ *
+ * A SUBSCRIBE request is answered by a stream of replies with its id:
+ * call cqrs_client_recv with that id again for each, until one has `more`
+ * false (the end: BUSY when the subscriber was too slow, UNAVAILABLE when
+ * the projector restarted) or the connection closes. Replies of a stream
+ * that is not read while other calls are made on the same connection are
+ * kept in memory until read.
  *
  * Functions return 0 on success, -1 with errno set on failure (EPROTO: the
  * daemon sent something that is not a valid reply; ECONNRESET: it closed
@@ -58,6 +66,30 @@ int cqrs_client_events(struct cqrs_client *c, const char *type, const char *id,
                        uint64_t from_version, uint32_t max_count, Cqrs__Reply **out);
 int cqrs_client_control(struct cqrs_client *c, Cqrs__Control__Op op,
                         const char *child, Cqrs__Reply **out);
+
+/* A query of the read model (READ_MODEL): `name` is the query message's
+ * short name ("GetWallet"), `payload` that message packed. The answer comes
+ * once the read model has applied position `min_position` of `type`, and,
+ * with `latest` non-zero, every event acknowledged before the query was
+ * sent (read-your-writes); UNAVAILABLE after `timeout_ms` (0: the daemon's
+ * default, 5 s). Reply: state_type (the result message's short name), state
+ * (it, packed), position (the position of `type` the read model had
+ * applied when it answered). */
+int cqrs_client_read_model(struct cqrs_client *c, const char *type, const char *name,
+                           const uint8_t *payload, size_t len, uint64_t min_position,
+                           int latest, uint32_t timeout_ms, Cqrs__Reply **out);
+/* One page of the type's events in position order (ALL_EVENTS), from
+ * `from_position` (0: 1), at most `max_count` (0: the daemon's page, 1,000).
+ * Reply.position is the type's last committed position: paging is caught
+ * up when a page is empty or its last event is at or past it. */
+int cqrs_client_all_events(struct cqrs_client *c, const char *type, uint64_t from_position,
+                           uint32_t max_count, Cqrs__Reply **out);
+/* Sends a SUBSCRIBE to the type's events from `from_position` on (0: 1);
+ * *id_out is the id to pass to cqrs_client_recv for each reply of the
+ * stream (see above). Delivery is at least once across subscriptions: a
+ * client resuming from its last position + 1 skips what it has seen. */
+int cqrs_client_subscribe_start(struct cqrs_client *c, const char *type,
+                                uint64_t from_position, uint64_t *id_out);
 
 /* Sets how many times cqrs_client_command retries (0: never). */
 void cqrs_client_set_retries(struct cqrs_client *c, unsigned retries);
