@@ -732,10 +732,16 @@ void pbtext_print_inline(FILE *out, const ProtobufCMessage *m)
 
 void pbtext_print_lines(FILE *out, const ProtobufCMessage *m, const char *indent)
 {
+    pbtext_print_lines_except(out, m, indent, NULL);
+}
+
+void pbtext_print_lines_except(FILE *out, const ProtobufCMessage *m, const char *indent,
+                               const char *skip)
+{
     const ProtobufCMessageDescriptor *desc = m->descriptor;
     for (unsigned i = 0; i < desc->n_fields; i++) {
         const ProtobufCFieldDescriptor *f = &desc->fields[i];
-        if (!field_present(m, f))
+        if (!field_present(m, f) || (skip && strcmp(f->name, skip) == 0))
             continue;
         fprintf(out, "%s%s: ", indent, f->name);
         print_field(out, m, f);

@@ -65,6 +65,9 @@ json_t *pbtext_json_bytes(const uint8_t *data, size_t len);
 void pbtext_print_inline(FILE *out, const ProtobufCMessage *m);
 /* One `<indent>name: value\n` per field. */
 void pbtext_print_lines(FILE *out, const ProtobufCMessage *m, const char *indent);
+/* The same, leaving out the field named `skip` (NULL: none). */
+void pbtext_print_lines_except(FILE *out, const ProtobufCMessage *m, const char *indent,
+                               const char *skip);
 /* `s` quoted, with C escapes for '"', '\\' and control bytes. */
 void pbtext_print_quoted(FILE *out, const uint8_t *s, size_t len);
 
