@@ -526,13 +526,15 @@ Test(install, completion_offers_types_and_commands)
         const char *words[6];
         const char *expect;
     } cases[] = {
-        { { "", NULL }, "send\nget\nevents\nstatus\nkill\nrestart\nverify\nreload\n" },
-        { { "re", NULL }, "restart\nreload\n" },
+        { { "", NULL }, "send\nget\nevents\nstatus\nkill\nrestart\nverify\nreload\nquery\n"
+                        "subscribe\nreadmodel\n" },
+        { { "re", NULL }, "restart\nreload\nreadmodel\n" },
         { { "send", "", NULL }, "wallet\naccount\n" },
         { { "send", "wallet", "w1", "", NULL },
           "RenameWallet\nTopUp\nAuthorizeFunds\nCaptureFunds\nReleaseFunds\n" },
         { { "send", "account", "a1", "C", NULL }, "ChangeEmail\nCloseAccount\n" },
-        { { "kill", "", NULL }, "wallet\naccount\n" },
+        { { "kill", "", NULL }, "wallet\naccount\nreadmodel\n" },
+        { { "query", "wallet", "", NULL }, "GetWallet\nListWallets\nTotalBalance\n" },
         { { "events", "wallet", "w1", "--", NULL }, "--json\n--from\n" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -169,14 +169,14 @@ static int run_alone(const char *sock_env, const char *cwd, ...)
 static void talk_scenario(const char *id)
 {
     expect_exit(CTL("send", "wallet", id, "TopUp", "amount=100"), 0);
-    expect_str(out, "OK version 1\n  1 WalletToppedUp from=0 to=100\n");
+    expect_str(out, "OK version 1 position 1\n  1 WalletToppedUp from=0 to=100\n");
     expect_str(err, "");
     expect_exit(CTL("send", "wallet", id, "RenameWallet", "name=Savings"), 0);
-    expect_str(out, "OK version 2\n  2 WalletRenamed name=\"Savings\"\n");
+    expect_str(out, "OK version 2 position 2\n  2 WalletRenamed name=\"Savings\"\n");
     expect_exit(CTL("send", "wallet", id, "AuthorizeFunds", "amount=10", "tx_id=123"), 0);
-    expect_str(out, "OK version 3\n  3 FundsAuthorized amount=10 tx_id=\"123\"\n");
+    expect_str(out, "OK version 3 position 3\n  3 FundsAuthorized amount=10 tx_id=\"123\"\n");
     expect_exit(CTL("send", "wallet", id, "CaptureFunds", "amount=8", "tx_id=123"), 0);
-    expect_str(out, "OK version 4\n  4 FundsCaptured amount=8 tx_id=\"123\"\n");
+    expect_str(out, "OK version 4 position 4\n  4 FundsCaptured amount=8 tx_id=\"123\"\n");
 }
 
 /* pid of child `name` in a --json status document, and its record. */
@@ -303,19 +303,19 @@ Test(cqrsctl, send_json_shape_and_retry, WITH_DAEMON)
 {
     expect_exit(CTL("--json", "send", "wallet", "w2", "TopUp", "amount=50",
                     "--command-id", "c-1"), 0);
-    expect_str(out, "{\"status\":\"OK\",\"version\":1,\"events\":[{\"version\":1,"
+    expect_str(out, "{\"status\":\"OK\",\"version\":1,\"position\":1,\"events\":[{\"version\":1,"
                     "\"type\":\"WalletToppedUp\",\"data\":{\"from\":0,\"to\":50}}]}\n");
     expect_str(err, "");
 
     /* A retry with the same command id: the first outcome, nothing appended. */
     expect_exit(CTL("send", "wallet", "w2", "TopUp", "amount=50", "--command-id=c-1"), 0);
-    expect_str(out, "OK version 1\n  1 WalletToppedUp from=0 to=50\n");
+    expect_str(out, "OK version 1 position 1\n  1 WalletToppedUp from=0 to=50\n");
     expect_exit(CTL("events", "wallet", "w2"), 0);
     expect_str(out, "1 WalletToppedUp from=0 to=50 command_id=\"c-1\"\n");
 
     /* A command that appends nothing: renaming to the current label. */
     expect_exit(CTL("--json", "send", "wallet", "w2", "RenameWallet", "name=Main wallet"), 0);
-    expect_str(out, "{\"status\":\"OK\",\"version\":1,\"events\":[]}\n");
+    expect_str(out, "{\"status\":\"OK\",\"version\":1,\"position\":0,\"events\":[]}\n");
 }
 
 Test(cqrsctl, get_prints_repeated_nested_messages, WITH_DAEMON)
@@ -340,9 +340,9 @@ Test(cqrsctl, account_type_is_generic_too, WITH_DAEMON)
 {
     expect_exit(CTL("send", "account", "a1", "OpenAccount", "owner=Ann O'Neil",
                     "email=ann@example.com"), 0);
-    expect_str(out, "OK version 1\n  1 AccountOpened owner=\"Ann O'Neil\" email=\"ann@example.com\"\n");
+    expect_str(out, "OK version 1 position 1\n  1 AccountOpened owner=\"Ann O'Neil\" email=\"ann@example.com\"\n");
     expect_exit(CTL("send", "account", "a1", "ChangeEmail", "email=ann@example.org"), 0);
-    expect_str(out, "OK version 2\n  2 EmailChanged from=\"ann@example.com\" to=\"ann@example.org\"\n");
+    expect_str(out, "OK version 2 position 2\n  2 EmailChanged from=\"ann@example.com\" to=\"ann@example.org\"\n");
 
     expect_exit(CTL("get", "account", "a1"), 0);
     expect_str(out, "account a1 version 2\n"
@@ -352,7 +352,7 @@ Test(cqrsctl, account_type_is_generic_too, WITH_DAEMON)
                     "  closed: false\n");
 
     expect_exit(CTL("send", "account", "a1", "CloseAccount"), 0);
-    expect_str(out, "OK version 3\n  3 AccountClosed\n");
+    expect_str(out, "OK version 3 position 3\n  3 AccountClosed\n");
     expect_exit(CTL("--json", "get", "account", "a1"), 0);
     expect_str(out, "{\"type\":\"account\",\"id\":\"a1\",\"version\":3,\"state\":{"
                     "\"owner\":\"Ann O'Neil\",\"email\":\"ann@example.org\","
@@ -395,14 +395,14 @@ Test(cqrsctl, conflict_exits_1, WITH_DAEMON)
     expect_error_line("conflict: ");
 
     expect_exit(CTL("send", "wallet", "w1", "TopUp", "amount=5", "--expect-version", "0"), 0);
-    expect_str(out, "OK version 1\n  1 WalletToppedUp from=0 to=5\n");
+    expect_str(out, "OK version 1 position 1\n  1 WalletToppedUp from=0 to=5\n");
     expect_exit(CTL("--json", "send", "wallet", "w1", "TopUp", "amount=5",
                     "--expect-version=0"), 1);
     json_t *doc = parse_json(out);
     cr_assert_str_eq(jstr(doc, "status"), "CONFLICT");
     json_decref(doc);
     expect_exit(CTL("send", "wallet", "w1", "--expect-version", "1", "TopUp", "amount=5"), 0);
-    expect_str(out, "OK version 2\n  2 WalletToppedUp from=5 to=10\n");
+    expect_str(out, "OK version 2 position 2\n  2 WalletToppedUp from=5 to=10\n");
 }
 
 Test(cqrsctl, not_found_exits_1, WITH_DAEMON)
@@ -603,7 +603,7 @@ Test(cqrsctl, kill_worker_comes_back, WITH_DAEMON)
 
     /* The restarted worker has the wallet back from its log. */
     expect_exit(CTL("send", "wallet", "w1", "TopUp", "amount=3"), 0);
-    expect_str(out, "OK version 2\n  2 WalletToppedUp from=7 to=10\n");
+    expect_str(out, "OK version 2 position 2\n  2 WalletToppedUp from=7 to=10\n");
 }
 
 /* --- EVENTS paging -------------------------------------------------------- */
