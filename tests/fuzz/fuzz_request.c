@@ -52,6 +52,10 @@ static int model_ok(const Cqrs__Request *req, const uint8_t *body, size_t len,
             return 0;
         if (q->kind == CQRS__QUERY__KIND__VERIFY && !q->aggregate_id[0])
             return 1;
+        if (q->kind == CQRS__QUERY__KIND__READ_MODEL)   /* a type and a query name, no id */
+            return q->name[0] && !too_long(q->name, lim);
+        if (q->kind == CQRS__QUERY__KIND__SUBSCRIBE || q->kind == CQRS__QUERY__KIND__ALL_EVENTS)
+            return 1;
         return agg_id_valid(q->aggregate_id, strlen(q->aggregate_id)) == 0;
     }
     case CQRS__REQUEST__BODY_CONTROL:
