@@ -56,6 +56,31 @@
  *              its file: the figures include that, and each line says how
  *              many distinct wallets the run touched. Then the throughput at
  *              the largest size over the one at the smallest
+ *   readmodel  the read model (its own cqrsd with --spawn: fsync from --fsync,
+ *              a [child readmodel] of kind projector, heartbeat_ms 20; else
+ *              the one at --socket must have a child called readmodel).
+ *              1. projection: the pipelined load (--commands TopUps over
+ *              --connections x --depth) while this thread samples every
+ *              10 ms the projector's lag: the largest position acknowledged
+ *              to the load minus Reply.position of a GetWallet probe (what
+ *              the read model had applied when it answered; an upper bound,
+ *              see rm_sample; probe_p50_us and probe_max_us: the probes'
+ *              round trips), and its own WorkerStats.lag in STATUS
+ *              (reported_lag_*: the positions cqrsd passed on that it has
+ *              not applied, not those still queued in cqrsd); then a
+ *              GetWallet with latest = true at the end of the load,
+ *              answered once the read model has every acknowledged event.
+ *              commands_per_s; events_per_s = the events it applied
+ *              (WorkerStats.events, fresh before and after) over the time
+ *              from the start of the load to that answer; lag_max (over the
+ *              samples), lag_end (at the end of the load), catchup_ms (end
+ *              of the load -> that answer), transactions (WorkerStats.batches)
+ *              and events_per_transaction. 2. GetWallet queries of the
+ *              wallets the load touched, --commands / 2 of them over
+ *              --connections x --depth, latest = false ("mode":"eventual")
+ *              then latest = true ("mode":"latest": cqrsd raises min_position
+ *              to the head): queries/s and latency percentiles; a query
+ *              answered anything but OK counts as failed
  * The loads send TopUp amount=1 to wallets picked at random among A (default
  * 1,000) through the project's client library, one thread per connection.
  * sync, pipelined, clients, journal, memory and scale print commands/s and
@@ -63,9 +88,10 @@
  * temporary directory (removed after): one shared by sync, pipelined,
  * clients, restart, scale and limits (fsync from
  * --fsync, default always), one for replay and snapshot, one for journal,
- * one for recovery, one for memory (limits measures in the shared one's
- * data directory); every spawned cqrsd heartbeats every 100 ms, so the
- * counters in STATUS are fresh 300 ms after a load. Latency percentiles are
+ * one for recovery, one for memory, one for readmodel (limits measures in
+ * the shared one's data directory); every spawned cqrsd heartbeats every
+ * 100 ms (readmodel's every 20 ms), so the counters in STATUS are fresh
+ * 300 ms (readmodel's 220 ms) after a load. Latency percentiles are
  * p50, p99 and p999 (the 99.9th; of few samples, it is the largest). Every
  * --json line has "scenario" and "fsync": the fsync mode of the cqrsd it
  * ran against (the --fsync given for a cqrsd we did not start, "unknown"
@@ -114,6 +140,10 @@
 #define LIMITS_SYNC_S 2.0             /* ... and for at least this long */
 #define LIMITS_RTTS 10000             /* socketpair round trips */
 #define LIMITS_SPAWNS 2000            /* posix_spawn + waitpid of /bin/true */
+#define READMODEL_CHILD "readmodel"   /* the projector child's name */
+#define READMODEL_HEARTBEAT_MS 20     /* readmodel's cqrsd: counters at most this old */
+#define READMODEL_SAMPLE_MS 10        /* readmodel: STATUS this often during the load */
+#define READMODEL_WAIT_MS 600000      /* readmodel: timeout_ms of the catch-up query */
 
 struct bench {
     const char *socket;
@@ -220,6 +250,8 @@ struct daemon_conf {
     unsigned max_aggregates;    /* 0: the default */
     int set_idle_timeout;       /* 0: the default idle_timeout_s */
     unsigned idle_timeout_s;
+    unsigned heartbeat_ms;      /* 0: BENCH_HEARTBEAT_MS */
+    int readmodel;              /* 1: with the projector child (READMODEL_CHILD) */
 };
 
 /* A fresh temporary directory for a daemon (nothing started). */
@@ -245,7 +277,7 @@ static int daemon_configure(const struct daemon *d, const struct daemon_conf *dc
         return -1;
     /* the restart scenario kills the worker on purpose, many times */
     fprintf(f, "[supervisor]\nintensity = 1000\nperiod = 1\nheartbeat_ms = %u\n",
-            BENCH_HEARTBEAT_MS);
+            dc->heartbeat_ms ? dc->heartbeat_ms : BENCH_HEARTBEAT_MS);
     if (dc->start_timeout_ms)
         fprintf(f, "start_timeout_ms = %u\n", dc->start_timeout_ms);
     if (dc->heartbeat_timeout_ms)
@@ -262,6 +294,8 @@ static int daemon_configure(const struct daemon *d, const struct daemon_conf *dc
     if (dc->set_idle_timeout)
         fprintf(f, "idle_timeout_s = %u\n", dc->idle_timeout_s);
     fputs("[child wallet]\n[child account]\n", f);
+    if (dc->readmodel)
+        fputs("[child " READMODEL_CHILD "]\nkind = projector\n", f);
     return fclose(f) == 0 ? 0 : -1;
 }
 
@@ -350,6 +384,7 @@ struct child_status {
     int running;
     uint64_t batches, events, journal_syncs, position, checkpoint, aggregates;
     uint32_t open_files;
+    uint64_t lag;               /* the projector's */
 };
 
 static int child_status(struct cqrs_client *c, const char *name, struct child_status *out)
@@ -372,6 +407,7 @@ static int child_status(struct cqrs_client *c, const char *name, struct child_st
             out->checkpoint = ci->stats->checkpoint;
             out->aggregates = ci->stats->aggregates;
             out->open_files = ci->stats->open_files;
+            out->lag = ci->stats->lag;
         }
     }
     cqrs__reply__free_unpacked(r, NULL);
@@ -410,10 +446,17 @@ struct load {
     int sequential;              /* 1: each wallet once, in order: connection i sends
                                   * i, i + conns, ... below `aggregates` (per_conn must
                                   * be at least aggregates / conns, rounded up) */
+    int query;                   /* LOAD_TOPUP, or GetWallet queries of the read model:
+                                  * LOAD_EVENTUAL, LOAD_LATEST (latest = true) */
+    const unsigned *ids;         /* queries: the wallets to pick from, n_ids of them */
+    size_t n_ids;
     atomic_int stop;
     atomic_uint active;          /* connections still working */
     atomic_ulong done;           /* answered commands, every connection */
+    atomic_ullong head;          /* the largest Reply.position answered (commands) */
 };
+
+enum { LOAD_TOPUP, LOAD_EVENTUAL, LOAD_LATEST };
 
 struct worker_arg {
     struct load *l;
@@ -421,12 +464,14 @@ struct worker_arg {
     double *lat_us;              /* one per command, or NULL */
     unsigned long done, failed;
     int error;
+    Cqrs__Status first_failure;  /* queries: the status of the first answer not OK */
 };
 
 struct load_result {
-    unsigned long commands, failed;
+    unsigned long commands, failed;   /* commands: requests answered, queries included */
     double secs;
     double *lat_us;              /* sorted, `commands` of them; NULL for open loads */
+    Cqrs__Status first_failure;  /* queries: the status of a failed one */
 };
 
 /* The next wallet of a random load; connection i's sequence starts from seed
@@ -495,10 +540,108 @@ static void *bench_conn(void *p)
         atomic_fetch_add(&l->done, 1);
         if (r->status != CQRS__STATUS__OK)
             w->failed++;
+        unsigned long long pos = r->position, head = atomic_load(&l->head);
+        while (pos > head && !atomic_compare_exchange_weak(&l->head, &head, pos))
+            ;
         cqrs__reply__free_unpacked(r, NULL);
     }
 out:
     free(sent);
+    cqrs_client_free(c);
+    atomic_fetch_sub(&l->active, 1);
+    return NULL;
+}
+
+/* A GetWallet query of the read model, ready to send once q->payload is set. */
+static void getwallet_request(Cqrs__Request *req, Cqrs__Query *q, int latest)
+{
+    cqrs__request__init(req);
+    cqrs__query__init(q);
+    req->body_case = CQRS__REQUEST__BODY_QUERY;
+    req->query = q;
+    q->kind = CQRS__QUERY__KIND__READ_MODEL;
+    q->aggregate_type = "wallet";
+    q->name = "GetWallet";
+    q->latest = latest;
+}
+
+/* Packs wallet.GetWallet{id} into buf (at least 160 bytes for a short id). */
+static size_t pack_get_wallet(const char *id, uint8_t *buf)
+{
+    Wallet__GetWallet g = WALLET__GET_WALLET__INIT;
+    g.id = (char *)id;
+    return wallet__get_wallet__pack(&g, buf);
+}
+
+/* A connection of a query load: per_conn GetWallet queries of wallets
+ * <prefix><ids[k]>, k random, depth in flight. The projector may answer
+ * them out of order: the time each was sent is kept by id in a slot. */
+static void *query_conn(void *p)
+{
+    struct worker_arg *w = p;
+    struct load *l = w->l;
+    struct slot {
+        uint64_t id;
+        double sent;
+    } *slots = calloc(l->depth, sizeof *slots);
+    unsigned *free_slots = calloc(l->depth, sizeof *free_slots), n_free = l->depth;
+    struct cqrs_client *c = cqrs_client_connect(l->socket);
+    if (!c || !slots || !free_slots) {
+        w->error = errno ? errno : ENOMEM;
+        goto out;
+    }
+    for (unsigned i = 0; i < l->depth; i++)
+        free_slots[i] = l->depth - 1 - i;
+    unsigned seed = 54321u + w->index;
+    unsigned long issued = 0;
+    char id[64];
+    uint8_t payload[160];
+    Cqrs__Request req;
+    Cqrs__Query q;
+    getwallet_request(&req, &q, l->query == LOAD_LATEST);
+    q.payload.data = payload;
+    for (;;) {
+        while (issued < l->per_conn && n_free > 0) {
+            unsigned n = l->ids[wallet_pick(&seed, (unsigned)l->n_ids)];
+            snprintf(id, sizeof id, "%s%u", l->prefix, n);
+            q.payload.len = pack_get_wallet(id, payload);
+            uint64_t rid;
+            if (cqrs_client_send(c, &req, &rid) < 0) {
+                w->error = errno;
+                goto out;
+            }
+            unsigned s = free_slots[--n_free];
+            slots[s] = (struct slot){ rid, now_s() };
+            issued++;
+        }
+        if (w->done == issued)
+            break;
+        Cqrs__Reply *r;
+        if (cqrs_client_recv_any(c, &r) < 0) {
+            w->error = errno;
+            goto out;
+        }
+        double t = now_s();
+        unsigned s = 0;
+        while (s < l->depth && !(slots[s].id == r->id && slots[s].sent > 0))
+            s++;
+        if (s == l->depth) {
+            cqrs__reply__free_unpacked(r, NULL);
+            w->error = EPROTO;   /* an answer to nothing in flight */
+            goto out;
+        }
+        if (w->lat_us)
+            w->lat_us[w->done] = (t - slots[s].sent) * 1e6;
+        slots[s].sent = 0;
+        free_slots[n_free++] = s;
+        w->done++;
+        atomic_fetch_add(&l->done, 1);
+        if (r->status != CQRS__STATUS__OK && !w->failed++)
+            w->first_failure = r->status;
+        cqrs__reply__free_unpacked(r, NULL);
+    }
+out:
+    free(slots), free(free_slots);
     cqrs_client_free(c);
     atomic_fetch_sub(&l->active, 1);
     return NULL;
@@ -514,9 +657,13 @@ static void load_init(struct load *l, const char *socket, const char *prefix, un
     l->depth = depth;
     l->per_conn = per_conn;
     l->sequential = 0;
+    l->query = LOAD_TOPUP;
+    l->ids = NULL;
+    l->n_ids = 0;
     atomic_init(&l->stop, 0);
     atomic_init(&l->active, conns);
     atomic_init(&l->done, 0);
+    atomic_init(&l->head, 0);
 }
 
 /* Runs `l`; `watch` (may be NULL) runs in this thread meanwhile and must set
@@ -537,8 +684,9 @@ static int run_load(struct load *l, void (*watch)(struct load *, void *), void *
     int error = 0;
     double t0 = now_s();
     for (unsigned i = 0; i < l->conns; i++) {
-        w[i] = (struct worker_arg){ l, i, lat ? lat + l->per_conn * i : NULL, 0, 0, 0 };
-        int e = pthread_create(&th[i], NULL, bench_conn, &w[i]);
+        w[i] = (struct worker_arg){ l, i, lat ? lat + l->per_conn * i : NULL, 0, 0, 0,
+                                    CQRS__STATUS__OK };
+        int e = pthread_create(&th[i], NULL, l->query ? query_conn : bench_conn, &w[i]);
         if (e) {
             error = e;
             atomic_store(&l->stop, 1);
@@ -554,6 +702,8 @@ static int run_load(struct load *l, void (*watch)(struct load *, void *), void *
         pthread_join(th[i], NULL);
         res->commands += w[i].done;
         res->failed += w[i].failed;
+        if (w[i].failed && res->first_failure == CQRS__STATUS__OK)
+            res->first_failure = w[i].first_failure;
         if (w[i].error)
             error = w[i].error;
     }
@@ -596,13 +746,15 @@ struct run_figures {
     struct pcts lat;             /* us */
 };
 
-/* Wallets among `aggregates` that connections 0 .. conns-1 of a random load
- * touched with `per_conn` commands each (their picks again); 0 without memory. */
-static unsigned long count_distinct(unsigned aggregates, unsigned conns, unsigned long per_conn)
+/* The wallets among `aggregates` that connections 0 .. conns-1 of a random
+ * load touched with `per_conn` commands each (their picks again): a bitmap
+ * (free it; NULL without memory), and their number in *distinct. */
+static unsigned char *touched_map(unsigned aggregates, unsigned conns, unsigned long per_conn,
+                                  unsigned long *distinct_out)
 {
     unsigned char *seen = calloc(aggregates / 8 + 1, 1);
     if (!seen)
-        return 0;
+        return NULL;
     unsigned long distinct = 0;
     for (unsigned i = 0; i < conns; i++) {
         unsigned seed = 12345u + i;
@@ -614,7 +766,15 @@ static unsigned long count_distinct(unsigned aggregates, unsigned conns, unsigne
             }
         }
     }
-    free(seen);
+    *distinct_out = distinct;
+    return seen;
+}
+
+/* How many wallets such a load touched; 0 without memory. */
+static unsigned long count_distinct(unsigned aggregates, unsigned conns, unsigned long per_conn)
+{
+    unsigned long distinct = 0;
+    free(touched_map(aggregates, conns, per_conn, &distinct));
     return distinct;
 }
 
@@ -1044,22 +1204,29 @@ out:
 
 /* ---- journal ------------------------------------------------------------------- */
 
-/* The wallet worker's counters, fresh: waits one heartbeat and then some. */
-static int fresh_stats(struct cqrs_client *c, unsigned heartbeat_ms, struct child_status *st,
-                       const char *name)
+/* Child `child`'s counters, fresh: waits one heartbeat and then some. */
+static int fresh_child_stats(struct cqrs_client *c, const char *child, unsigned heartbeat_ms,
+                             struct child_status *st, const char *name)
 {
     sleep_ms(heartbeat_ms + 200);
-    if (child_status(c, "wallet", st) < 0) {
+    if (child_status(c, child, st) < 0) {
         fprintf(stderr, "cqrs-bench: %s: STATUS: %s\n", name, strerror(errno));
         return -1;
     }
     if (!st->running) {
-        fprintf(stderr, "cqrs-bench: %s: the wallet worker is not running\n", name);
+        fprintf(stderr, "cqrs-bench: %s: the child %s is not running\n", name, child);
         return -1;
     }
     /* no stats in STATUS: every counter is 0 (an empty WorkerStats packs to no
      * bytes, which cqrsd does not tell from "no heartbeat answered yet") */
     return 0;
+}
+
+/* The wallet worker's counters, fresh. */
+static int fresh_stats(struct cqrs_client *c, unsigned heartbeat_ms, struct child_status *st,
+                       const char *name)
+{
+    return fresh_child_stats(c, "wallet", heartbeat_ms, st, name);
 }
 
 static int run_journal(const struct bench *b)
@@ -1573,6 +1740,298 @@ static int run_scale(const struct bench *b)
     return rc;
 }
 
+/* ---- readmodel ----------------------------------------------------------------- */
+
+struct rm_watch {
+    struct cqrs_client *c;
+    const char *wallet;          /* the probe's and the catch-up query's */
+    uint64_t lag_max, lag_end;   /* positions: acknowledged head - applied */
+    uint64_t stats_lag_max, stats_lag_end;   /* WorkerStats.lag, as the projector says */
+    unsigned long samples;
+    double *probe_us;            /* each probe's round trip, `samples` of them */
+    size_t probe_cap;
+    double t_end, t_caught;      /* the load is answered; the read model has caught up */
+    uint64_t caught_position;    /* the catch-up query's Reply.position */
+    int error;                   /* errno of a failed STATUS or query, -1: a bad answer */
+};
+
+/* A GetWallet query of `wallet` on `c`, answered once the read model has
+ * applied every acknowledged position with `latest`. */
+static int rm_query(struct cqrs_client *c, const char *wallet, int latest, uint32_t timeout_ms,
+                    Cqrs__Reply **out)
+{
+    Cqrs__Request req;
+    Cqrs__Query q;
+    uint8_t payload[160];
+    getwallet_request(&req, &q, latest);
+    q.payload.data = payload;
+    q.payload.len = pack_get_wallet(wallet, payload);
+    q.timeout_ms = timeout_ms;
+    return cqrs_client_call(c, &req, out);
+}
+
+/* One sample of the projector's lag, two ways. *lag: the largest position
+ * acknowledged to the load's commands, read as the answer arrives, minus the
+ * wallet position the read model had applied when it answered a GetWallet
+ * probe (Reply.position). An upper bound: the commands acknowledged while
+ * the answer came back (through cqrsd, then this thread's wakeup) count
+ * too. Nothing sent to the projector sees it behind: a query (or a
+ * heartbeat) waits in cqrsd's pipe behind every commit acknowledged before
+ * it, so the lag shows as the time the probe takes (probe_us) and as what
+ * is acknowledged meanwhile. *stats_lag: the projector's WorkerStats.lag
+ * in STATUS (at its last heartbeat: what cqrsd passed on to it and it has
+ * not applied, which is 0 when it applies each commit as it reads it). */
+static int rm_sample(struct rm_watch *rw, struct load *l, uint64_t *lag, uint64_t *stats_lag)
+{
+    struct child_status st;
+    Cqrs__Reply *r;
+    if (rw->samples == rw->probe_cap) {
+        size_t ncap = rw->probe_cap ? rw->probe_cap * 2 : 1024;
+        double *np = realloc(rw->probe_us, ncap * sizeof *np);
+        if (!np) {
+            errno = ENOMEM;
+            return -1;
+        }
+        rw->probe_us = np;
+        rw->probe_cap = ncap;
+    }
+    if (child_status(rw->c, READMODEL_CHILD, &st) < 0)
+        return -1;
+    double t0 = now_s();
+    if (rm_query(rw->c, rw->wallet, 0, 0, &r) < 0)
+        return -1;
+    uint64_t head = atomic_load(&l->head), applied = r->position;
+    rw->probe_us[rw->samples] = (now_s() - t0) * 1e6;
+    int ok = r->status == CQRS__STATUS__OK || r->status == CQRS__STATUS__NOT_FOUND;
+    if (!ok)
+        fprintf(stderr, "cqrs-bench: readmodel: the probe (GetWallet of %s) answered %s: %s\n",
+                rw->wallet, cqrs_status_name(r->status), r->error);
+    cqrs__reply__free_unpacked(r, NULL);
+    if (!ok) {
+        errno = EPROTO;
+        return -1;
+    }
+    *lag = head > applied ? head - applied : 0;
+    *stats_lag = st.lag;
+    rw->samples++;
+    return 0;
+}
+
+/* Samples the projector every READMODEL_SAMPLE_MS until the load is
+ * answered (checked every ms), then once more (lag_end), then waits for the
+ * read model to catch up: a GetWallet with latest = true, sent at once. */
+static void rm_watch_fn(struct load *l, void *arg)
+{
+    struct rm_watch *rw = arg;
+    uint64_t lag, stats_lag;
+    double next = 0;
+    while (atomic_load(&l->active) > 0) {
+        if (!rw->error && now_s() >= next) {
+            if (rm_sample(rw, l, &lag, &stats_lag) < 0)
+                rw->error = errno ? errno : EIO;
+            else {
+                if (lag > rw->lag_max)
+                    rw->lag_max = lag;
+                if (stats_lag > rw->stats_lag_max)
+                    rw->stats_lag_max = stats_lag;
+            }
+            next = now_s() + READMODEL_SAMPLE_MS / 1e3;
+        }
+        sleep_ms(1);
+    }
+    rw->t_end = now_s();
+    if (rw->error)
+        return;
+    if (rm_sample(rw, l, &lag, &stats_lag) < 0) {
+        rw->error = errno ? errno : EIO;
+        return;
+    }
+    rw->lag_end = lag;
+    rw->stats_lag_end = stats_lag;
+    rw->lag_max = lag > rw->lag_max ? lag : rw->lag_max;
+    rw->stats_lag_max = stats_lag > rw->stats_lag_max ? stats_lag : rw->stats_lag_max;
+    Cqrs__Reply *r;
+    if (rm_query(rw->c, rw->wallet, 1, READMODEL_WAIT_MS, &r) < 0) {
+        rw->error = errno ? errno : EIO;
+        return;
+    }
+    rw->t_caught = now_s();
+    rw->caught_position = r->position;
+    if (r->status != CQRS__STATUS__OK) {
+        fprintf(stderr, "cqrs-bench: readmodel: the catch-up query (GetWallet of %s, latest) "
+                "answered %s: %s\n", rw->wallet, cqrs_status_name(r->status), r->error);
+        rw->error = -1;
+    }
+    cqrs__reply__free_unpacked(r, NULL);
+}
+
+/* One line of GetWallet queries: `n` over conns x depth, `mode` LOAD_EVENTUAL
+ * or LOAD_LATEST, of wallets bench-<ids[k]>. */
+static int rm_queries(const struct bench *b, const char *sock, const char *fsync, int mode,
+                      const unsigned *ids, size_t n_ids, unsigned long n)
+{
+    struct load l;
+    struct load_result res;
+    unsigned long per_conn = n / b->connections ? n / b->connections : 1;
+    load_init(&l, sock, "bench-", b->aggregates, b->connections, b->depth, per_conn);
+    l.query = mode;
+    l.ids = ids;
+    l.n_ids = n_ids;
+    if (run_load(&l, NULL, NULL, &res, "readmodel") < 0)
+        return -1;
+    const char *name = mode == LOAD_LATEST ? "latest" : "eventual";
+    unsigned long q = res.commands;
+    struct pcts p = { sorted_pct(res.lat_us, q, 0.5), sorted_pct(res.lat_us, q, 0.99),
+                      sorted_pct(res.lat_us, q, 0.999) };
+    double per_s = res.secs > 0 ? q / res.secs : 0;
+    if (res.failed)
+        fprintf(stderr, "cqrs-bench: readmodel: %lu GetWallet queries (%s) failed, the first "
+                "with %s\n", res.failed, name, cqrs_status_name(res.first_failure));
+    if (b->json)
+        printf("{\"scenario\":\"readmodel\",\"fsync\":\"%s\",\"mode\":\"%s\","
+               "\"query\":\"GetWallet\",\"connections\":%u,\"depth\":%u,\"queries\":%lu,"
+               "\"failed\":%lu,\"seconds\":%.3f,\"queries_per_s\":%.0f,\"p50_us\":%.1f,"
+               "\"p99_us\":%.1f,\"p999_us\":%.1f,\"wallets\":%zu}\n",
+               fsync, name, l.conns, l.depth, q, res.failed, res.secs, per_s, p.p50, p.p99,
+               p.p999, n_ids);
+    else
+        printf("readmodel  GetWallet %-8s %u x %u, %zu wallets: %lu queries (%lu failed) in "
+               "%.3f s: queries_per_s %.0f, p50 %.1f us, p99 %.1f us, p999 %.1f us\n",
+               name, l.conns, l.depth, n_ids, q, res.failed, res.secs, per_s, p.p50, p.p99,
+               p.p999);
+    fflush(stdout);
+    free(res.lat_us);
+    return res.failed ? -1 : 0;
+}
+
+static int run_readmodel(const struct bench *b)
+{
+    struct daemon d = { .pid = 0 };
+    const char *sock = b->socket;
+    unsigned heartbeat_ms = DEFAULT_HEARTBEAT_MS;
+    if (b->spawn) {
+        struct daemon_conf dc = { .fsync = b->fsync, .snapshot_every = -1,
+                                  .heartbeat_ms = READMODEL_HEARTBEAT_MS, .readmodel = 1 };
+        if (daemon_spawn(&d, &dc) < 0)
+            return -1;
+        sock = d.sock;
+        heartbeat_ms = READMODEL_HEARTBEAT_MS;
+    }
+    int rc = -1;
+    const char *fsync = daemon_fsync(b);
+    unsigned long per_conn = b->commands / b->connections, n_wallets = 0;
+    unsigned *ids = NULL;
+    char wallet[64];
+    struct child_status before, after;
+    struct load l;
+    struct load_result res = { 0 };
+    struct rm_watch rw = { .c = NULL };
+    Cqrs__Reply *r = NULL;
+    struct cqrs_client *c = cqrs_client_connect(sock);
+    unsigned char *map = touched_map(b->aggregates, b->connections, per_conn, &n_wallets);
+    if (!c) {
+        fprintf(stderr, "cqrs-bench: readmodel: %s\n", strerror(errno));
+        goto out;
+    }
+    if (!map || !(ids = calloc(n_wallets ? n_wallets : 1, sizeof *ids))) {
+        fprintf(stderr, "cqrs-bench: readmodel: out of memory\n");
+        goto out;
+    }
+    for (unsigned i = 0, k = 0; i < b->aggregates; i++)
+        if (map[i / 8] & (1u << (i % 8)))
+            ids[k++] = i;
+    snprintf(wallet, sizeof wallet, "bench-%u", ids[0]);
+    if (!wait_running(c, "wallet", 0, 30000) || !wait_running(c, READMODEL_CHILD, 0, 30000)) {
+        fprintf(stderr, "cqrs-bench: readmodel: the wallet worker or the child %s is not "
+                "running\n", READMODEL_CHILD);
+        goto out;
+    }
+    /* the read model caught up before the load: where it is for wallet */
+    if (rm_query(c, wallet, 1, READMODEL_WAIT_MS, &r) < 0) {
+        fprintf(stderr, "cqrs-bench: readmodel: GetWallet: %s\n", strerror(errno));
+        goto out;
+    }
+    if (r->status != CQRS__STATUS__OK && r->status != CQRS__STATUS__NOT_FOUND) {
+        fprintf(stderr, "cqrs-bench: readmodel: GetWallet of %s answered %s: %s\n", wallet,
+                cqrs_status_name(r->status), r->error);
+        goto out;
+    }
+    uint64_t wallet_applied = r->position;
+    if (fresh_child_stats(c, READMODEL_CHILD, heartbeat_ms, &before, "readmodel") < 0)
+        goto out;
+    rw = (struct rm_watch){ .c = c, .wallet = wallet };
+    load_init(&l, sock, "bench-", b->aggregates, b->connections, b->depth, per_conn);
+    atomic_store(&l.head, wallet_applied);
+    double t_start = now_s();
+    if (run_load(&l, rm_watch_fn, &rw, &res, "readmodel") < 0)
+        goto out;
+    if (rw.error) {
+        fprintf(stderr, "cqrs-bench: readmodel: watching the projector: %s\n",
+                rw.error > 0 ? strerror(rw.error) : "a bad answer");
+        goto out;
+    }
+    if (fresh_child_stats(c, READMODEL_CHILD, heartbeat_ms, &after, "readmodel") < 0)
+        goto out;
+    if (after.pid != before.pid)
+        fprintf(stderr, "cqrs-bench: readmodel: warning: the child %s changed (pid %d -> %d) "
+                "during the load: its counters started again\n", READMODEL_CHILD,
+                (int)before.pid, (int)after.pid);
+    uint64_t head = atomic_load(&l.head);
+    if (rw.caught_position < head)
+        fprintf(stderr, "cqrs-bench: readmodel: warning: the catch-up query saw position %llu, "
+                "below the last acknowledged %llu\n", (unsigned long long)rw.caught_position,
+                (unsigned long long)head);
+    unsigned long n = res.commands;
+    struct pcts p = { sorted_pct(res.lat_us, n, 0.5), sorted_pct(res.lat_us, n, 0.99),
+                      sorted_pct(res.lat_us, n, 0.999) };
+    uint64_t events = after.events - before.events, txs = after.batches - before.batches;
+    double proj_s = rw.t_caught - t_start, catchup_ms = (rw.t_caught - rw.t_end) * 1e3;
+    double eps = proj_s > 0 ? events / proj_s : 0;
+    double per_tx = txs ? (double)events / (double)txs : 0;
+    double per_s = res.secs > 0 ? n / res.secs : 0;
+    struct pcts pp = pcts_of(rw.probe_us, rw.samples);
+    double probe_max = rw.samples ? rw.probe_us[rw.samples - 1] : 0;
+    if (b->json)
+        printf("{\"scenario\":\"readmodel\",\"fsync\":\"%s\",\"mode\":\"projection\","
+               "\"connections\":%u,\"depth\":%u,\"commands\":%lu,\"failed\":%lu,"
+               "\"seconds\":%.3f,\"commands_per_s\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
+               "\"p999_us\":%.1f,\"events\":%llu,\"projection_seconds\":%.3f,"
+               "\"events_per_s\":%.0f,\"lag_max\":%llu,\"lag_end\":%llu,\"catchup_ms\":%.1f,"
+               "\"transactions\":%llu,\"events_per_transaction\":%.1f,"
+               "\"reported_lag_max\":%llu,\"reported_lag_end\":%llu,\"samples\":%lu,"
+               "\"probe_p50_us\":%.1f,\"probe_max_us\":%.1f,\"heartbeat_ms\":%u}\n",
+               fsync, l.conns, l.depth, n, res.failed, res.secs, per_s, p.p50, p.p99, p.p999,
+               (unsigned long long)events, proj_s, eps, (unsigned long long)rw.lag_max,
+               (unsigned long long)rw.lag_end, catchup_ms, (unsigned long long)txs, per_tx,
+               (unsigned long long)rw.stats_lag_max, (unsigned long long)rw.stats_lag_end,
+               rw.samples, pp.p50, probe_max, heartbeat_ms);
+    else
+        printf("readmodel  projection %u x %u, fsync %s: %lu commands (%lu failed) in %.3f s: "
+               "commands_per_s %.0f, p50 %.1f us, p99 %.1f us, p999 %.1f us; projector: %llu "
+               "events applied in %.3f s (load + catch-up): events_per_s %.0f, lag_max %llu, "
+               "lag_end %llu, catchup_ms %.1f, %llu transactions: events_per_transaction %.1f "
+               "(its own WorkerStats.lag: max %llu, at the end %llu; %lu samples, GetWallet "
+               "probe p50 %.1f us, max %.1f us; heartbeat %u ms)\n",
+               l.conns, l.depth, fsync, n, res.failed, res.secs, per_s, p.p50, p.p99, p.p999,
+               (unsigned long long)events, proj_s, eps, (unsigned long long)rw.lag_max,
+               (unsigned long long)rw.lag_end, catchup_ms, (unsigned long long)txs, per_tx,
+               (unsigned long long)rw.stats_lag_max, (unsigned long long)rw.stats_lag_end,
+               rw.samples, pp.p50, probe_max, heartbeat_ms);
+    fflush(stdout);
+    rc = res.failed ? -1 : 0;
+    unsigned long nq = b->commands / 2 ? b->commands / 2 : 1;
+    rc |= rm_queries(b, sock, fsync, LOAD_EVENTUAL, ids, n_wallets, nq);
+    rc |= rm_queries(b, sock, fsync, LOAD_LATEST, ids, n_wallets, nq);
+out:
+    if (r)
+        cqrs__reply__free_unpacked(r, NULL);
+    free(res.lat_us);
+    free(map), free(ids), free(rw.probe_us);
+    cqrs_client_free(c);
+    daemon_destroy(&d);
+    return rc;
+}
+
 /* ---- main -------------------------------------------------------------------- */
 
 static void usage(FILE *f)
@@ -1582,7 +2041,7 @@ static void usage(FILE *f)
                "                  [--journal-mb MB] [--fsync always|batch|never] [--json]\n"
                "                  [--data-dir DIR] [--wallets N] [--scale-sizes A,B,...]\n"
                "                  sync|pipelined|clients|restart|replay|snapshot|journal|\n"
-               "                  recovery|limits|memory|scale ...\n");
+               "                  recovery|limits|memory|scale|readmodel ...\n");
 }
 
 /* "1000,100000,1000000" into b->scale_sizes. */
@@ -1665,7 +2124,7 @@ int main(int argc, char **argv)
     for (int i = optind; i < argc; i++) {
         static const char *const names[] = { "sync", "pipelined", "restart", "replay",
                                              "snapshot", "journal", "recovery", "limits",
-                                             "clients", "memory", "scale" };
+                                             "clients", "memory", "scale", "readmodel" };
         static const char *const spawn_only[] = { "restart", "replay", "snapshot", "recovery",
                                                   "memory" };
         int known = 0;
@@ -1719,6 +2178,8 @@ int main(int argc, char **argv)
             rc |= run_memory(&b);
         else if (strcmp(s, "scale") == 0)
             rc |= run_scale(&b);
+        else if (strcmp(s, "readmodel") == 0)
+            rc |= run_readmodel(&b);
         else
             rc |= run_recovery(&b);
     }
