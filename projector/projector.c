@@ -21,6 +21,7 @@
 #define PJ_FEED_REPLIES 4              /* disk replies per subscription per round */
 #define PJ_TIMEOUT_MS 5000             /* a query's wait for its min_position, by default */
 #define PJ_TICK_MS 50
+#define PJ_COMMIT_MS 5                 /* applied events wait this long for their commit */
 
 struct ptype {
     const struct aggregate_type *t;
@@ -63,6 +64,7 @@ struct projector {
     uint64_t rebuild_applied;          /* events applied since the last reset */
     struct event *work;                /* catch-up and feeding, one round at a time */
     struct event *tick;                /* timeouts, and retries after a failure */
+    struct event *commit_timer;        /* the open transaction's commit */
     int in_tx;
     int failing;                       /* the last transaction failed: retry on the tick */
     char last_error[512];
@@ -419,7 +421,7 @@ static void pj_answer_waiters(struct projector *p, int64_t now)
         struct waiter *w = *pp;
         const Cqrs__Query *q = w->req->query;
         uint64_t applied = pj_applied(p, w->pt);
-        if (applied >= q->min_position && !p->in_tx) {
+        if (applied >= q->min_position) {   /* the open transaction included */
             pj_answer(p, w);
         } else if (now >= w->deadline_us) {
             pj_error(p, w->tag, w->req->id, CQRS__STATUS__UNAVAILABLE,
@@ -566,11 +568,35 @@ void projector_frame(struct projector *p, uint64_t tag, const uint8_t *body, siz
         pj_request(p, tag, body, len);
 }
 
+/* Applied events are committed within PJ_COMMIT_MS, many commits of the
+ * workers in one SQLite transaction; queries read the open transaction in
+ * the meantime (the same connection sees it). Losing it in a crash loses
+ * nothing: the positions go back with the rows, and catch-up applies those
+ * events again. */
 void projector_flush(struct projector *p)
 {
+    if (p->in_tx && !event_pending(p->commit_timer, EV_TIMEOUT, NULL)) {
+        struct timeval tv = { 0, PJ_COMMIT_MS * 1000 };
+        event_add(p->commit_timer, &tv);
+    }
+    pj_answer_waiters(p, pj_now_us());
+    pj_answer_rebuilds(p);
+}
+
+/* Commits now (before a heartbeat answer, and when stopping). */
+static void pj_commit_now(struct projector *p)
+{
+    event_del(p->commit_timer);
     pj_commit(p);
     pj_answer_waiters(p, pj_now_us());
     pj_answer_rebuilds(p);
+}
+
+static void pj_on_commit_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pj_commit_now(arg);
 }
 
 /* One round of work: a chunk of catch-up per type, a few replies per
@@ -637,7 +663,8 @@ struct projector *projector_new(struct event_base *base, const char *data_dir,
     }
     struct timeval tick = { 0, PJ_TICK_MS * 1000 };
     if (!(p->work = event_new(base, -1, 0, pj_on_work, p)) ||
-        !(p->tick = event_new(base, -1, EV_PERSIST, pj_on_tick, p)) || event_add(p->tick, &tick))
+        !(p->tick = event_new(base, -1, EV_PERSIST, pj_on_tick, p)) || event_add(p->tick, &tick) ||
+        !(p->commit_timer = evtimer_new(base, pj_on_commit_timer, p)))
         goto nomem;
     return p;
 nomem:
@@ -649,7 +676,7 @@ fail:
 
 void projector_stop(struct projector *p)
 {
-    projector_flush(p);
+    pj_commit_now(p);
     while (p->subs)
         pj_sub_end(p, p->subs, CQRS__STATUS__UNAVAILABLE,
                    "the projector is stopping; subscribe again from the last position received");
@@ -699,6 +726,8 @@ void projector_free(struct projector *p)
         event_free(p->work);
     if (p->tick)
         event_free(p->tick);
+    if (p->commit_timer)
+        event_free(p->commit_timer);
     readmodel_close(p->rm);
     free(p);
 }

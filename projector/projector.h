@@ -17,7 +17,8 @@
  * chunks of one transaction each between which the loop serves requests
  * and heartbeats. Each type's applied position is in the same transaction
  * as its rows (projector/readmodel.h): killed at any moment, the read model
- * never misses or doubles an event.
+ * never misses or doubles an event. Commits arriving one by one share a
+ * transaction, committed within PJ_COMMIT_MS (5 ms).
  *
  * Queries with a min_position wait until the type has applied it, or
  * answer UNAVAILABLE after their timeout. Subscriptions get events in
@@ -43,8 +44,9 @@ void projector_free(struct projector *p);
 
 /* Handles one frame body tagged `tag` (see above). */
 void projector_frame(struct projector *p, uint64_t tag, const uint8_t *body, size_t len);
-/* Ends a batch of frames: commits what was applied, answers the queries
- * that can be answered. */
+/* Ends a batch of frames: answers the queries that can be answered, and
+ * makes sure what was applied is committed within a few milliseconds (one
+ * SQLite transaction for many commits; queries read it before). */
 void projector_flush(struct projector *p);
 /* Ends every subscription (UNAVAILABLE, "the projector is stopping"). */
 void projector_stop(struct projector *p);
