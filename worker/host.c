@@ -291,13 +291,11 @@ static struct stream *host_stream(struct host *h, const char *id)
     if (store_ensure_repaired(h->store, why, sizeof why) < 0) {
         /* a stream file may lack journaled events: loading it now would
          * show an older state */
-        s = calloc(1, sizeof *s);
+        s = stream_new(h->type, id);
         if (!s)
             return NULL;
-        snprintf(s->id, sizeof s->id, "%s", id);
-        s->type = h->type;
         s->corrupt = -1;
-        snprintf(s->detail, sizeof s->detail, "storage is being repaired: %.160s", why);
+        stream_set_detail(s, "storage is being repaired: %.160s", why);
         HASH_ADD_STR(h->streams, id, s);
         host_touch(h, s);
         host_maybe_drop(h, s);
@@ -316,9 +314,10 @@ static struct stream *host_stream(struct host *h, const char *id)
         log_warn("%s %s: cut a torn tail of %lld bytes from its log", h->type->name, id,
                  (long long)truncated);
     if (s->corrupt > 0)
-        log_error("%s %s: log is corrupt and quarantined: %s", h->type->name, id, s->detail);
+        log_error("%s %s: log is corrupt and quarantined: %s", h->type->name, id,
+                  stream_detail(s));
     else if (s->corrupt < 0)
-        log_error("%s %s: %s", h->type->name, id, s->detail);
+        log_error("%s %s: %s", h->type->name, id, stream_detail(s));
     HASH_ADD_STR(h->streams, id, s);
     host_touch(h, s);
     if (s->version == 0 || s->corrupt < 0)
@@ -391,7 +390,7 @@ static void host_command(struct host *h, uint64_t tag, uint64_t id, const Cqrs__
     }
     if (s->corrupt) {
         host_fail(h, tag, id, s->corrupt > 0 ? CQRS__STATUS__CORRUPT : CQRS__STATUS__INTERNAL,
-                  "%s %s: %s", t->name, s->id, s->detail);
+                  "%s %s: %s", t->name, s->id, stream_detail(s));
         return;
     }
     /* Idempotency first: a retry gets the first outcome, whatever it carries. */
@@ -478,7 +477,7 @@ static void host_query(struct host *h, uint64_t tag, uint64_t id, const Cqrs__Qu
     }
     if (s->corrupt) {
         host_fail(h, tag, id, s->corrupt > 0 ? CQRS__STATUS__CORRUPT : CQRS__STATUS__INTERNAL,
-                  "%s %s: %s", t->name, s->id, s->detail);
+                  "%s %s: %s", t->name, s->id, stream_detail(s));
         return;
     }
     if (s->version == 0) {

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +18,7 @@
 static int stream_push_rec(struct stream *s, off_t offset, size_t size)
 {
     if (s->version - s->rec_base + 1 > s->recs_cap) {
-        size_t ncap = s->recs_cap ? s->recs_cap * 2 : 4;
+        size_t ncap = s->recs_cap ? s->recs_cap * 2 : 1;   /* most streams are short */
         struct stream_rec *n = realloc(s->recs, ncap * sizeof *n);
         if (!n) {
             errno = ENOMEM;
@@ -60,7 +61,7 @@ static int stream_replay(void *arg, const Cqrs__EventRecord *rec, off_t offset, 
     if (stream_evolve(s, rec->type, rec->data.data, rec->data.len) < 0) {
         if (errno == ENOMEM)
             return -1;   /* not the log's fault: INTERNAL, not quarantine */
-        snprintf(s->detail, sizeof s->detail, "event %llu (%s) %s",
+        stream_set_detail(s, "event %llu (%s) %s",
                  (unsigned long long)rec->version, rec->type,
                  errno == EINVAL ? "contradicts the state before it" : "is unknown or does not decode");
         return EVLOG_CORRUPT;
@@ -148,15 +149,43 @@ static int stream_reset(struct stream *s)
     return s->state ? 0 : -1;
 }
 
+struct stream *stream_new(const struct aggregate_type *type, const char *id)
+{
+    size_t len = strnlen(id, AGG_ID_MAX);
+    struct stream *s = calloc(1, sizeof *s + len + 1);
+    if (!s)
+        return NULL;
+    memcpy(s->id, id, len);
+    s->type = type;
+    return s;
+}
+
+void stream_set_detail(struct stream *s, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    char *d = strdup(buf);
+    if (!d)
+        return;   /* the reply then says less: out of memory already fails it */
+    free(s->detail);
+    s->detail = d;
+}
+
+const char *stream_detail(const struct stream *s)
+{
+    return s->detail ? s->detail : "";
+}
+
 struct stream *stream_load(const struct aggregate_type *type, const char *id,
                            const char *path, const char *snap_path, off_t *truncated,
                            char *note, size_t notelen)
 {
-    struct stream *s = calloc(1, sizeof *s);
+    struct stream *s = stream_new(type, id);
     if (!s)
         return NULL;
-    snprintf(s->id, sizeof s->id, "%s", id);
-    s->type = type;
     s->state = type->state_new();
     if (!s->state) {
         free(s);
@@ -170,7 +199,8 @@ struct stream *stream_load(const struct aggregate_type *type, const char *id,
         rc = evlog_open_at(path, 0, s->snap_offset, s->version, stream_replay, s, &s->log, &info);
         if (rc != 0 && !(rc == -1 && errno == ENOENT)) {
             snprintf(note, notelen, "snapshot ignored: replay after it failed");
-            s->detail[0] = '\0';
+            free(s->detail);
+            s->detail = NULL;
             if (stream_reset(s) < 0) {
                 stream_free(s);
                 return NULL;
@@ -185,13 +215,13 @@ struct stream *stream_load(const struct aggregate_type *type, const char *id,
     } else if (rc == -1 && errno == ENOENT) {
         /* a new stream: its file is created by its first append */
     } else if (rc == EVLOG_CORRUPT) {
-        char what[sizeof s->detail];
-        snprintf(what, sizeof what, "%s", s->detail[0] ? s->detail : info.detail);
+        char what[512];
+        snprintf(what, sizeof what, "%s", s->detail ? s->detail : info.detail);
         /* the reply names the file and the offset, for whoever repairs it */
-        snprintf(s->detail, sizeof s->detail, "%.300s: %.200s", path, what);
+        stream_set_detail(s, "%.300s: %.200s", path, what);
         s->corrupt = 1;
     } else {
-        snprintf(s->detail, sizeof s->detail, "cannot read its log: %s", strerror(errno));
+        stream_set_detail(s, "cannot read its log: %s", strerror(errno));
         s->corrupt = -1;
     }
     s->durable = s->version;
@@ -246,6 +276,7 @@ void stream_free(struct stream *s)
     evlog_free(s->log);
     free(s->recs);
     free(s->pending);
+    free(s->detail);
     free(s);
 }
 
@@ -358,7 +389,11 @@ int stream_commit(struct stream *s, const char *path, int *created)
     }
     if (evlog_append(s->log, s->pending, s->pending_len, 0) < 0)
         return -1;
-    s->pending_len = 0;
+    /* written: the buffer goes, as most streams wait long for their next
+     * batch (a hot one pays one malloc a batch) */
+    free(s->pending);
+    s->pending = NULL;
+    s->pending_len = s->pending_cap = 0;
     s->durable = s->version;
     return 0;
 }

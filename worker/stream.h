@@ -34,7 +34,6 @@ struct stream_cmd {              /* one remembered command id */
 };
 
 struct stream {
-    char id[AGG_ID_MAX + 1];
     UT_hash_handle hh;
     const struct aggregate_type *type;
     void *state;
@@ -48,25 +47,34 @@ struct stream {
     off_t snap_offset;
     uint64_t walk_v;              /* stream_read's walk through older records */
     off_t walk_off;
-    struct stream_cmd *cmds;      /* hash by command id */
-    struct stream_cmd **ring;     /* oldest first, STREAM_CMD_WINDOW slots */
-    size_t ring_head, ring_len;
+    struct stream_cmd *cmds;      /* hash by command id, oldest first */
     uint8_t *pending;             /* encoded records not yet written */
     size_t pending_len, pending_cap;
     struct stream *next_dirty;    /* in the batch's dirty list */
-    int dirty;
     struct stream *next_drop;     /* in the host's list of drop candidates */
     struct stream *lru_prev, *lru_next;     /* every loaded stream, least recent first */
     struct stream *open_prev, *open_next;   /* those whose log file is open */
-    int in_lru, in_open;
     uint64_t written_epoch;       /* store_epoch when last listed for a checkpoint */
     int64_t last_used_s;
-    int drop_candidate;
-    int corrupt;                  /* > 0 quarantined: every request gets CORRUPT;
-                                     < 0 failed (I/O): dropped after the batch */
-    int batch_failed;             /* its batch never reached the journal */
-    char detail[512];             /* why, for CORRUPT replies: file and offset */
+    /* flags, as bits: a worker holds up to a million streams */
+    unsigned dirty : 1;
+    unsigned in_lru : 1, in_open : 1;
+    unsigned drop_candidate : 1;
+    unsigned batch_failed : 1;    /* its batch never reached the journal */
+    signed int corrupt : 2;       /* 1 quarantined: every request gets CORRUPT;
+                                     -1 failed (I/O): dropped after the batch */
+    char *detail;                 /* why, for CORRUPT replies: file and offset (NULL: none) */
+    char id[];                    /* the aggregate id, as long as it is */
 };
+
+/* A stream with no events and no log yet (stream_load fills it), or NULL
+ * when out of memory. */
+struct stream *stream_new(const struct aggregate_type *type, const char *id);
+/* Sets the sentence that CORRUPT and INTERNAL replies give (printf-style;
+ * kept short). */
+void stream_set_detail(struct stream *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* That sentence, or "" when there is none. */
+const char *stream_detail(const struct stream *s);
 
 /* Loads the stream `id` of `type` from `path` (absent: a new, empty stream),
  * starting from the snapshot at `snap_path` when there is a good one (a bad
