@@ -22,7 +22,7 @@ struct evlog {
     int readonly;
     off_t size;           /* bytes written, magic included */
     int dir_unsynced;     /* created by us: sync the directory entry once */
-    char *path;
+    char path[];          /* one allocation with the struct: a worker holds many */
 };
 
 static int evlog_pwrite_all(int fd, const uint8_t *p, size_t len, off_t off)
@@ -187,12 +187,13 @@ int evlog_open_at(const char *path, int flags, off_t start, uint64_t start_versi
     struct stat st;
     if (fstat(fd, &st) < 0)
         goto fail;
-    struct evlog *log = calloc(1, sizeof *log);
-    if (!log || !(log->path = strdup(path))) {
-        free(log);
+    size_t plen = strlen(path);
+    struct evlog *log = calloc(1, sizeof *log + plen + 1);
+    if (!log) {
         errno = ENOMEM;
         goto fail;
     }
+    memcpy(log->path, path, plen + 1);
     log->fd = fd;
     log->readonly = ro;
 
@@ -285,7 +286,6 @@ void evlog_free(struct evlog *log)
         return;
     if (log->fd >= 0)
         close(log->fd);
-    free(log->path);
     free(log);
 }
 
