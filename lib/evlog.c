@@ -280,6 +280,25 @@ fail:
     }
 }
 
+int evlog_attach(const char *path, off_t size, struct evlog **out)
+{
+    *out = NULL;
+    size_t plen = strlen(path);
+    struct evlog *log = calloc(1, sizeof *log + plen + 1);
+    if (!log) {
+        errno = ENOMEM;
+        return -1;
+    }
+    if ((log->fd = open(path, O_RDWR | O_CLOEXEC)) < 0) {
+        free(log);
+        return -1;
+    }
+    memcpy(log->path, path, plen + 1);
+    log->size = size;
+    *out = log;
+    return 0;
+}
+
 void evlog_free(struct evlog *log)
 {
     if (!log)

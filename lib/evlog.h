@@ -81,6 +81,10 @@ int evlog_open(const char *path, int flags, evlog_replay_fn fn, void *arg,
  * outside the file is EVLOG_CORRUPT. */
 int evlog_open_at(const char *path, int flags, off_t start, uint64_t start_version,
                   evlog_replay_fn fn, void *arg, struct evlog **out, struct evlog_open_info *info);
+/* Opens again, for appending and reading, a log this process opened before
+ * and whose size it kept (see evlog_size): no checks, no replay. 0, or -1
+ * with errno. */
+int evlog_attach(const char *path, off_t size, struct evlog **out);
 void evlog_free(struct evlog *log);
 /* The file descriptor (for reads by the caller), reopened if parked; -1. */
 int evlog_fd(struct evlog *log);

@@ -77,12 +77,13 @@ static int64_t host_mono_s(void)
 }
 
 /* Closes the least recently used log files until at most `max` are open,
- * never `keep`'s. A parked log reopens when next used, even within a batch. */
+ * never `keep`'s (stream_detach: only the size is kept). A detached log
+ * opens again when next used, even within a batch. */
 static void host_park(struct host *h, size_t max, const struct stream *keep)
 {
     while (h->n_open > max && h->open && h->open != keep) {
         struct stream *old = h->open;
-        evlog_park(old->log);
+        stream_detach(old);
         DL_DELETE2(h->open, old, open_prev, open_next);
         h->n_open--;
         old->in_open = 0;
@@ -104,7 +105,7 @@ static void host_touch(struct host *h, struct stream *s)
         h->n_open--;
         s->in_open = 0;
     }
-    if (s->log && evlog_is_open(s->log)) {
+    if (s->log) {
         DL_APPEND2(h->open, s, open_prev, open_next);
         h->n_open++;
         s->in_open = 1;
@@ -115,7 +116,7 @@ static void host_touch(struct host *h, struct stream *s)
 /* Before a log file opens: one place free under open_files. */
 static void host_make_room(struct host *h, const struct stream *s)
 {
-    if (!(s && s->log && evlog_is_open(s->log)))   /* else nothing will open */
+    if (!(s && s->log))   /* else nothing will open */
         host_park(h, h->open_files - 1, NULL);
 }
 
@@ -333,8 +334,16 @@ static void host_reply_events(struct host *h, uint64_t tag, uint64_t id, struct 
     Cqrs__Reply r = CQRS__REPLY__INIT;
     r.status = CQRS__STATUS__OK;
     r.version = version;
-    if (s->log)
-        host_make_room(h, s);   /* reading may reopen its file */
+    if (!s->log && first <= s->durable && s->detached_size) {   /* its file is read */
+        char path[PATH_MAX];
+        host_make_room(h, s);
+        host_path(h, s->id, path, sizeof path);
+        if (stream_attach(s, path) < 0) {
+            host_fail(h, tag, id, CQRS__STATUS__INTERNAL, "cannot open the log of %s %s: %s",
+                      h->type->name, s->id, strerror(errno));
+            return;
+        }
+    }
     size_t n = last >= first ? (size_t)(last - first + 1) : 0;
     Cqrs__EventRecord **evs = n ? calloc(n, sizeof *evs) : NULL;
     if (n && !evs) {
@@ -710,7 +719,7 @@ void host_commit(struct host *h, struct evbuffer *out)
         /* the path is needed to create the file, or to list it once per
          * checkpoint for syncing; not for every batch */
         uint64_t epoch = store_epoch(h->store);
-        if (!s->log || s->written_epoch != epoch)
+        if (!s->log || s->written_epoch != epoch)   /* to attach, create, or list it */
             host_path(h, s->id, path, sizeof path);
         int created;
         host_make_room(h, s);

@@ -15,6 +15,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Where the next byte of `pending` will land in the file. */
+static off_t stream_base(const struct stream *s)
+{
+    return s->log ? evlog_size(s->log) : s->detached_size ? s->detached_size : EVLOG_MAGIC_LEN;
+}
+
 static int stream_push_rec(struct stream *s, off_t offset, size_t size)
 {
     if (s->version - s->rec_base + 1 > s->recs_cap) {
@@ -230,12 +236,13 @@ struct stream *stream_load(const struct aggregate_type *type, const char *id,
 
 int stream_snapshot(struct stream *s, const char *snap_path)
 {
-    if (!s->type->snapshot_version || !s->log || s->version == 0 || s->version > s->durable) {
+    if (!s->type->snapshot_version || !stream_has_log(s) || s->version == 0 ||
+        s->version > s->durable) {
         errno = EINVAL;
         return -1;
     }
     struct snapshot snap = { .snapshot_version = s->type->snapshot_version, .version = s->version,
-                             .log_offset = (uint64_t)evlog_size(s->log) };
+                             .log_offset = (uint64_t)stream_base(s) };
     uint8_t scratch[512];
     ProtobufCBufferSimple buf = PROTOBUF_C_BUFFER_SIMPLE_INIT(scratch);
     s->type->state_pack(s->state, &buf.base);
@@ -314,10 +321,28 @@ int stream_remember(struct stream *s, const char *command_id, uint64_t first, ui
     return 0;
 }
 
-/* Where the next byte of `pending` will land in the file. */
-static off_t stream_base(const struct stream *s)
+int stream_has_log(const struct stream *s)
 {
-    return s->log ? evlog_size(s->log) : EVLOG_MAGIC_LEN;
+    return s->log || s->detached_size;
+}
+
+void stream_detach(struct stream *s)
+{
+    if (!s->log)
+        return;
+    s->detached_size = evlog_size(s->log);
+    evlog_free(s->log);
+    s->log = NULL;
+}
+
+int stream_attach(struct stream *s, const char *path)
+{
+    if (s->log || !s->detached_size)
+        return 0;
+    if (evlog_attach(path, s->detached_size, &s->log) < 0)
+        return -1;
+    s->detached_size = 0;
+    return 0;
 }
 
 int stream_add(struct stream *s, const struct agg_event *ev, int64_t now_us,
@@ -372,7 +397,10 @@ int stream_commit(struct stream *s, const char *path, int *created)
     *created = 0;
     if (s->pending_len == 0)
         return 0;
-    if (!s->log) {
+    if (!s->log && s->detached_size) {
+        if (stream_attach(s, path) < 0)
+            return -1;
+    } else if (!s->log) {
         char dir[PATH_MAX];
         snprintf(dir, sizeof dir, "%s", path);
         char *slash = strrchr(dir, '/');
@@ -437,6 +465,10 @@ int stream_read(struct stream *s, uint64_t version, Cqrs__EventRecord **out)
     size_t size;
     if (version == 0 || version > s->version) {
         errno = EINVAL;
+        return -1;
+    }
+    if (version <= s->durable && !s->log) {
+        errno = EBADF;   /* detached: stream_attach first */
         return -1;
     }
     if (stream_locate(s, version, &off, &size) < 0)

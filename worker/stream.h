@@ -39,7 +39,8 @@ struct stream {
     void *state;
     uint64_t version;
     uint64_t durable;             /* version in the file */
-    struct evlog *log;            /* NULL until the first append */
+    struct evlog *log;            /* NULL until the first append, and while detached */
+    off_t detached_size;          /* detached (log NULL): its log's size; 0: no log */
     struct stream_rec *recs;      /* recs[v-1-rec_base] for version v > rec_base */
     size_t recs_cap;
     uint64_t rec_base;            /* versions up to here came from a snapshot */
@@ -108,7 +109,18 @@ int stream_remember(struct stream *s, const char *command_id, uint64_t first, ui
  * says so). -1 with errno on failure. */
 int stream_commit(struct stream *s, const char *path, int *created);
 
-/* Reads record `version` (1-based) from the file or from pending. */
+/* Reads record `version` (1-based) from the file or from pending; a
+ * detached stream must be attached first when the record is in its file. */
 int stream_read(struct stream *s, uint64_t version, Cqrs__EventRecord **out);
+
+/* Closes the log file and frees what keeps it, remembering only its size:
+ * most loaded streams wait, their files closed (open_files), and cost
+ * nothing for them. */
+void stream_detach(struct stream *s);
+/* Opens the log at `path` again after stream_detach (nothing to do when
+ * attached or without a log). 0, or -1 with errno. */
+int stream_attach(struct stream *s, const char *path);
+/* It has a log file (attached or not). */
+int stream_has_log(const struct stream *s);
 
 #endif
