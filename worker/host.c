@@ -16,6 +16,7 @@
 #include "cqrs.pb-c.h"
 #include "durable.h"
 #include "frame.h"
+#include "idtable.h"
 #include "log.h"
 #include "pbwire.h"
 #include "layout.h"
@@ -43,7 +44,7 @@ struct host {
     struct stream *open;        /* streams whose log file is open, likewise */
     size_t n_loaded, n_open;
     struct event *idle_timer;
-    struct stream *streams;     /* hash by id */
+    struct idtable streams;     /* by id */
     struct stream *dirty;       /* streams with pending records */
     struct stream *drops;       /* streams that may be dropped after the batch */
     struct host_reply *replies;
@@ -131,7 +132,7 @@ static void host_forget(struct host *h, struct stream *s)
         DL_DELETE2(h->open, s, open_prev, open_next);
         h->n_open--;
     }
-    HASH_DEL(h->streams, s);
+    idtable_del(&h->streams, s);
     stream_free(s);
 }
 
@@ -163,6 +164,7 @@ struct host *host_new(struct event_base *base, const struct aggregate_type *type
     struct host *h = calloc(1, sizeof *h);
     if (!h)
         return NULL;
+    idtable_init(&h->streams, offsetof(struct stream, id));
     h->type = type;
     h->snapshot_every = opt->snapshot_every;
     h->open_files = opt->open_files ? opt->open_files : 1;
@@ -201,9 +203,14 @@ void host_free(struct host *h)
 {
     if (!h)
         return;
-    struct stream *s, *tmp;
-    HASH_ITER(hh, h->streams, s, tmp)
-        host_forget(h, s);
+    size_t n = 0, i = 0;
+    struct stream **all = malloc((h->streams.n ? h->streams.n : 1) * sizeof *all);
+    for (struct stream *s; all && (s = idtable_next(&h->streams, &i)) != NULL;)
+        all[n++] = s;
+    for (size_t k = 0; k < n; k++)
+        host_forget(h, all[k]);
+    free(all);
+    idtable_free(&h->streams);
     if (h->idle_timer)
         event_free(h->idle_timer);
     for (size_t i = 0; i < h->n_replies; i++)
@@ -280,8 +287,7 @@ static void host_maybe_drop(struct host *h, struct stream *s)
 /* The stream `id`, loaded on first use. NULL only when out of memory. */
 static struct stream *host_stream(struct host *h, const char *id)
 {
-    struct stream *s;
-    HASH_FIND_STR(h->streams, id, s);
+    struct stream *s = idtable_find(&h->streams, id);
     if (s) {
         host_touch(h, s);
         return s;
@@ -297,7 +303,10 @@ static struct stream *host_stream(struct host *h, const char *id)
             return NULL;
         s->corrupt = -1;
         stream_set_detail(s, "storage is being repaired: %.160s", why);
-        HASH_ADD_STR(h->streams, id, s);
+        if (idtable_add(&h->streams, s) < 0) {
+            stream_free(s);
+            return NULL;
+        }
         host_touch(h, s);
         host_maybe_drop(h, s);
         return s;
@@ -319,7 +328,10 @@ static struct stream *host_stream(struct host *h, const char *id)
                   stream_detail(s));
     else if (s->corrupt < 0)
         log_error("%s %s: %s", h->type->name, id, stream_detail(s));
-    HASH_ADD_STR(h->streams, id, s);
+    if (idtable_add(&h->streams, s) < 0) {
+        stream_free(s);
+        return NULL;
+    }
     host_touch(h, s);
     if (s->version == 0 || s->corrupt < 0)
         host_maybe_drop(h, s);

@@ -34,7 +34,6 @@ struct stream_cmd {              /* one remembered command id */
 };
 
 struct stream {
-    UT_hash_handle hh;
     const struct aggregate_type *type;
     void *state;
     uint64_t version;
