@@ -304,10 +304,11 @@ static void router_route_to(struct router *r, struct conn *c, const Cqrs__Reques
     if (sup_send(ch, p->tag, body, len) < 0) {
         free(p);
         if (errno == ESRCH)
-            router_error(c, req_id, CQRS__STATUS__UNAVAILABLE, "the %s worker is stopped", ch->name);
+            router_error(c, req_id, CQRS__STATUS__UNAVAILABLE, "the %s %s is stopped", ch->name,
+                         sup_noun(ch));
         else
             router_error(c, req_id, CQRS__STATUS__BUSY,
-                         "the %s worker has too many requests waiting", ch->name);
+                         "the %s %s has too many requests waiting", ch->name, sup_noun(ch));
         return;
     }
     HASH_ADD(hh, r->pending, tag, sizeof p->tag, p);

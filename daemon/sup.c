@@ -43,6 +43,11 @@ struct sup {
     int exit_code;
 };
 
+const char *sup_noun(const struct child *c)
+{
+    return c->cfg.kind == CHILD_PROJECTOR ? "projector" : "worker";
+}
+
 static int64_t sup_now_us(void)
 {
     struct timespec ts;
@@ -527,7 +532,7 @@ static void sup_on_wait_timer(evutil_socket_t fd, short what, void *arg)
     if (c->n_waiting == 0)
         return;
     char reason[160];
-    snprintf(reason, sizeof reason, "the %s worker was not ready within %u ms", c->name,
+    snprintf(reason, sizeof reason, "the %s %s was not ready within %u ms", c->name, sup_noun(c),
              c->sup->opt.wait_timeout_ms);
     evbuffer_drain(c->waiting, evbuffer_get_length(c->waiting));
     c->n_waiting = 0;
@@ -586,7 +591,7 @@ static void sup_on_exit(struct child *c, int status)
     }
     if (was == CHILD_RUNNING) {
         char why[200];
-        snprintf(why, sizeof why, "the %s worker died (%s)", c->name, c->last_exit);
+        snprintf(why, sizeof why, "the %s %s died (%s)", c->name, sup_noun(c), c->last_exit);
         s->hooks.down(s->hooks.arg, c, why);
     }
     if (c->terminating) {   /* we stopped it */
@@ -613,7 +618,7 @@ static void sup_on_exit(struct child *c, int status)
                  config_restart_name(c->cfg.restart), abnormal ? "died" : "exited normally");
         if (c->n_waiting) {
             char why[160];
-            snprintf(why, sizeof why, "the %s worker is stopped", c->name);
+            snprintf(why, sizeof why, "the %s %s is stopped", c->name, sup_noun(c));
             evbuffer_drain(c->waiting, evbuffer_get_length(c->waiting));
             c->n_waiting = 0;
             s->hooks.expire(s->hooks.arg, c, why);
@@ -752,7 +757,7 @@ static void sup_remove(struct sup *s, struct child *c)
     log_info("child %s removed", c->name);
     if (c->n_waiting) {
         char why[160];
-        snprintf(why, sizeof why, "the %s worker was removed by a reload", c->name);
+        snprintf(why, sizeof why, "the %s %s was removed by a reload", c->name, sup_noun(c));
         evbuffer_drain(c->waiting, evbuffer_get_length(c->waiting));
         c->n_waiting = 0;
         s->hooks.expire(s->hooks.arg, c, why);

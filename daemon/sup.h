@@ -151,6 +151,9 @@ int sup_send(struct child *c, uint64_t tag, const uint8_t *body, size_t len);
  * any worker: it survives the death of the current one). */
 void sup_held_tags(struct child *c, void (*fn)(void *arg, uint64_t tag), void *arg);
 
+/* What the child runs, for sentences: "worker" or "projector". */
+const char *sup_noun(const struct child *c);
+
 /* The state as shown by STATUS: "starting", "running", "restarting", "stopped". */
 const char *sup_state_name(const struct child *c);
 
