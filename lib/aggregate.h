@@ -85,7 +85,6 @@ struct agg_query {
 struct agg_projection {
     const char *const *schema;          /* CREATE ... IF NOT EXISTS; NULL-terminated */
     const char *const *tables;          /* the tables it owns (a rebuild drops them) */
-    const char *const *every;           /* run before each event's own statements */
     const struct agg_projection_rule *rules;   /* ends with event NULL */
     const struct agg_query *queries;           /* ends with request NULL */
 };

@@ -23,8 +23,6 @@ struct rm_query {
 
 struct rm_type {
     const struct aggregate_type *t;
-    sqlite3_stmt **every;
-    size_t n_every;
     struct rm_rule *rules;
     size_t n_rules;
     struct rm_query *queries;
@@ -129,8 +127,6 @@ static int rm_type_init(struct readmodel *rm, struct rm_type *rt, char *err, siz
     for (const char *const *s = p->schema; s && *s; s++)
         if (rm_exec(rm, *s, err, errlen) < 0)
             return -1;
-    if (rm_prepare_list(rm, p->every, NULL, &rt->every, &rt->n_every, err, errlen) < 0)
-        return -1;
     size_t n = 0;
     while (p->rules[n].event)
         n++;
@@ -230,9 +226,6 @@ static void rm_finalize_all(struct readmodel *rm)
 {
     for (size_t i = 0; i < rm->n_types; i++) {
         struct rm_type *rt = &rm->types[i];
-        for (size_t k = 0; k < rt->n_every; k++)
-            sqlite3_finalize(rt->every[k]);
-        free(rt->every);
         for (size_t r = 0; r < rt->n_rules; r++) {
             for (size_t k = 0; k < rt->rules[r].n; k++)
                 sqlite3_finalize(rt->rules[r].stmts[k]);
@@ -431,8 +424,6 @@ int readmodel_apply(struct readmodel *rm, const struct aggregate_type *t,
         return rm_fail(err, errlen, "%s event at position %llu does not decode as %s", t->name,
                        (unsigned long long)rec->position, d->name);
     int rc = 0;
-    for (size_t i = 0; rc == 0 && i < rt->n_every; i++)
-        rc = rm_run(rm, rt->every[i], ev, rec, err, errlen);
     for (size_t i = 0; rc == 0 && rule && i < rule->n; i++)
         rc = rm_run(rm, rule->stmts[i], ev, rec, err, errlen);
     protobuf_c_message_free_unpacked(ev, NULL);

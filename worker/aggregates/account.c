@@ -277,19 +277,18 @@ static const char *const account_schema[] = {
     NULL,
 };
 static const char *const account_tables[] = { "accounts", NULL };
-static const char *const account_every[] = {
-    "INSERT INTO accounts(id, owner, email, open, version) VALUES(:id, '', '', 0, :version) "
-    "ON CONFLICT(id) DO UPDATE SET version = :version",
+/* An account's row comes with AccountOpened; the others find it there. */
+static const char *const account_sql_opened[] = {
+    "INSERT INTO accounts(id, owner, email, open, version) VALUES(:id, :owner, :email, 1, "
+    ":version) ON CONFLICT(id) DO UPDATE SET owner = :owner, email = :email, open = 1, "
+    "version = :version",
     NULL,
 };
-static const char *const account_sql_opened[] = {
-    "UPDATE accounts SET owner = :owner, email = :email, open = 1 WHERE id = :id", NULL,
-};
 static const char *const account_sql_email[] = {
-    "UPDATE accounts SET email = :to WHERE id = :id", NULL,
+    "UPDATE accounts SET email = :to, version = :version WHERE id = :id", NULL,
 };
 static const char *const account_sql_closed[] = {
-    "UPDATE accounts SET open = 0 WHERE id = :id", NULL,
+    "UPDATE accounts SET open = 0, version = :version WHERE id = :id", NULL,
 };
 static const struct agg_projection_rule account_rules[] = {
     { "AccountOpened", account_sql_opened },
@@ -318,7 +317,6 @@ static const struct agg_query account_queries[] = {
 static const struct agg_projection account_projection = {
     .schema = account_schema,
     .tables = account_tables,
-    .every = account_every,
     .rules = account_rules,
     .queries = account_queries,
 };

@@ -496,35 +496,37 @@ static const char *const wallet_schema[] = {
     NULL,
 };
 static const char *const wallet_tables[] = { "wallets", "wallet_blocks", NULL };
-static const char *const wallet_every[] = {
+/* One statement where one does: a new wallet's row comes with its first
+ * event (a top-up or a rename: the others need funds), every other event
+ * finds it there. */
+static const char *const wallet_sql_renamed[] = {
     "INSERT INTO wallets(id, label, balance, available, blocked_count, version) "
-    "VALUES(:id, '" WALLET_DEFAULT_LABEL "', 0, 0, 0, :version) ON CONFLICT(id) DO UPDATE "
-    "SET version = :version",
+    "VALUES(:id, :name, 0, 0, 0, :version) ON CONFLICT(id) DO UPDATE "
+    "SET label = :name, version = :version",
     NULL,
 };
-static const char *const wallet_sql_renamed[] = {
-    "UPDATE wallets SET label = :name WHERE id = :id", NULL,
-};
 static const char *const wallet_sql_topped_up[] = {
-    "UPDATE wallets SET balance = :to, available = available + (:to - :from) WHERE id = :id",
+    "INSERT INTO wallets(id, label, balance, available, blocked_count, version) "
+    "VALUES(:id, '" WALLET_DEFAULT_LABEL "', :to, :to, 0, :version) ON CONFLICT(id) DO UPDATE "
+    "SET balance = :to, available = available + (:to - :from), version = :version",
     NULL,
 };
 static const char *const wallet_sql_authorized[] = {
     "INSERT INTO wallet_blocks(wallet_id, tx_id, amount) VALUES(:id, :tx_id, :amount)",
-    "UPDATE wallets SET available = available - :amount, blocked_count = blocked_count + 1 "
-    "WHERE id = :id",
+    "UPDATE wallets SET available = available - :amount, blocked_count = blocked_count + 1, "
+    "version = :version WHERE id = :id",
     NULL,
 };
 static const char *const wallet_sql_captured[] = {
     "UPDATE wallets SET balance = balance - :amount, available = available + "
     "((SELECT amount FROM wallet_blocks WHERE wallet_id = :id AND tx_id = :tx_id) - :amount), "
-    "blocked_count = blocked_count - 1 WHERE id = :id",
+    "blocked_count = blocked_count - 1, version = :version WHERE id = :id",
     "DELETE FROM wallet_blocks WHERE wallet_id = :id AND tx_id = :tx_id",
     NULL,
 };
 static const char *const wallet_sql_released[] = {
-    "UPDATE wallets SET available = available + :amount, blocked_count = blocked_count - 1 "
-    "WHERE id = :id",
+    "UPDATE wallets SET available = available + :amount, blocked_count = blocked_count - 1, "
+    "version = :version WHERE id = :id",
     "DELETE FROM wallet_blocks WHERE wallet_id = :id AND tx_id = :tx_id",
     NULL,
 };
@@ -577,7 +579,6 @@ static const struct agg_query wallet_queries[] = {
 static const struct agg_projection wallet_projection = {
     .schema = wallet_schema,
     .tables = wallet_tables,
-    .every = wallet_every,
     .rules = wallet_rules,
     .queries = wallet_queries,
 };
