@@ -5,7 +5,7 @@
  *              [--commands N] [--aggregates A] [--kills K] [--events N]
  *              [--journal-mb MB] [--fsync always|batch|never] [--json]
  *              [--data-dir DIR] [--wallets N] [--scale-sizes A,B,...]
- *              SCENARIO...
+ *              [--scale-events A,B,...] SCENARIO...
  *
  * Scenarios:
  *   sync       1 connection, 1 request in flight
@@ -55,7 +55,25 @@
  *              so on a spawned cqrsd the first touch of each wallet creates
  *              its file: the figures include that, and each line says how
  *              many distinct wallets the run touched. Then the throughput at
- *              the largest size over the one at the smallest
+ *              the largest size over the one at the smallest.
+ *              Then (--spawn only), by stream length: for each of
+ *              --scale-events L (default 10,1000,100000), a cqrsd of its own
+ *              (fsync from --fsync, the default snapshot_every,
+ *              heartbeat_timeout_ms 600000) on a data directory where two
+ *              sets of W wallets (scale-ev<L>-s-<n> for sync,
+ *              scale-ev<L>-p-<n> for pipelined) already have L TopUp events
+ *              each, their logs written (and synced: syncfs) before it
+ *              starts, as replay does (W = SCALE_EVENT_BUDGET / the largest
+ *              L, at most SCALE_EVENT_WALLETS, the same for every L: 100 by
+ *              default).
+ *              Before each load, a first pass sends one TopUp to each wallet
+ *              of its set, one at a time: first_command_* is the time of
+ *              that first command, its load from disk included (and, from
+ *              snapshot_every events on, the snapshot it makes the worker
+ *              write). Then the load, --commands over the same W wallets
+ *              (the streams grow by commands / W events on average during
+ *              it). Then the throughput at the largest L over the one at
+ *              the smallest
  *   readmodel  the read model (its own cqrsd with --spawn: fsync from --fsync,
  *              a [child readmodel] of kind projector, heartbeat_ms 20; else
  *              the one at --socket must have a child called readmodel).
@@ -136,6 +154,9 @@
 #define MAX_WALLETS 90000000u         /* max_aggregates (<= 100,000,000) must be above */
 #define MAX_SCALE_SIZES 16
 #define MAX_SCALE_SIZE 100000000u
+#define SCALE_EVENT_BUDGET 10000000ul /* scale by length: events of a wallet set, at most ... */
+#define SCALE_EVENT_WALLETS 1000u     /* ... and at most this many wallets in it */
+#define SCALE_EVENT_HEARTBEAT_TIMEOUT_MS 600000   /* a long stream loads without heartbeats */
 #define LIMITS_SYNCS 2000             /* limits: at least this many appends + fdatasync ... */
 #define LIMITS_SYNC_S 2.0             /* ... and for at least this long */
 #define LIMITS_RTTS 10000             /* socketpair round trips */
@@ -156,6 +177,8 @@ struct bench {
     unsigned wallets;            /* memory */
     unsigned scale_sizes[MAX_SCALE_SIZES];
     size_t n_scale_sizes;
+    unsigned scale_events[MAX_SCALE_SIZES];   /* scale: stream lengths */
+    size_t n_scale_events;
 };
 
 /* The fsync mode of the shared cqrsd (or the one at --socket), for output. */
@@ -1688,7 +1711,8 @@ out:
 
 /* ---- scale --------------------------------------------------------------------- */
 
-static int run_scale(const struct bench *b)
+/* The aggregates part: sync and pipelined at each of --scale-sizes. */
+static int run_scale_aggregates(const struct bench *b)
 {
     static const char *const loads[2] = { "sync", "pipelined" };
     double per_s[MAX_SCALE_SIZES][2];
@@ -1731,13 +1755,255 @@ static int run_scale(const struct bench *b)
     double rp = per_s[lo][1] > 0 ? per_s[hi][1] / per_s[lo][1] : 0;
     if (b->json)
         printf("{\"scenario\":\"scale\",\"fsync\":\"%s\",\"summary\":\"largest/smallest\","
-               "\"smallest\":%u,\"largest\":%u,\"sync_ratio\":%.3f,\"pipelined_ratio\":%.3f}\n",
+               "\"by\":\"aggregates\",\"smallest\":%u,\"largest\":%u,\"sync_ratio\":%.3f,"
+               "\"pipelined_ratio\":%.3f}\n",
                daemon_fsync(b), b->scale_sizes[lo], b->scale_sizes[hi], rs, rp);
     else
         printf("scale      throughput at %u aggregates / at %u: sync %.3f, pipelined %.3f\n",
                b->scale_sizes[hi], b->scale_sizes[lo], rs, rp);
     fflush(stdout);
     return rc;
+}
+
+/* One wallet set of the stream-length part: `wallets` logs of `events`
+ * records each, ids <prefix><n>, under type_dir. */
+struct scale_set {
+    const char *type_dir;
+    char prefix[48];
+    unsigned wallets;
+    unsigned long events;
+    off_t bytes;                 /* written */
+    int error;                   /* errno of a failure, 0 */
+    pthread_t thread;
+};
+
+static void *scale_set_write(void *p)
+{
+    struct scale_set *set = p;
+    char id[80];
+    for (unsigned n = 0; n < set->wallets; n++) {
+        snprintf(id, sizeof id, "%s%u", set->prefix, n);
+        off_t size = write_wallet_log(set->type_dir, id, set->events);
+        if (size < 0) {
+            set->error = errno ? errno : EIO;
+            break;
+        }
+        set->bytes += size;
+    }
+    return NULL;
+}
+
+/* The first pass: one TopUp to each wallet of `set`, one at a time, on the
+ * cqrsd at `sock`; lat_us[n] its time (load from disk included). Each must
+ * answer OK at version events + 1 (a warning otherwise). */
+static int scale_first_pass(const char *sock, const struct scale_set *set, double *lat_us,
+                            double *secs, const char *name)
+{
+    struct cqrs_client *c = cqrs_client_connect(sock);
+    if (!c) {
+        fprintf(stderr, "cqrs-bench: %s: %s\n", name, strerror(errno));
+        return -1;
+    }
+    uint8_t payload[16];
+    size_t plen = pack_top_up(payload);
+    char id[80];
+    unsigned warned = 0;
+    int rc = 0;
+    double t0 = now_s();
+    for (unsigned n = 0; n < set->wallets && rc == 0; n++) {
+        snprintf(id, sizeof id, "%s%u", set->prefix, n);
+        Cqrs__Reply *r;
+        double t = now_s();
+        if (cqrs_client_command(c, "wallet", id, "TopUp", payload, plen, NULL, -1, &r) < 0) {
+            fprintf(stderr, "cqrs-bench: %s: TopUp of %s: %s\n", name, id, strerror(errno));
+            rc = -1;
+            break;
+        }
+        lat_us[n] = (now_s() - t) * 1e6;
+        if (r->status != CQRS__STATUS__OK) {
+            fprintf(stderr, "cqrs-bench: %s: TopUp of %s answered %s: %s\n", name, id,
+                    cqrs_status_name(r->status), r->error);
+            rc = -1;
+        } else if (r->version != set->events + 1 && warned++ < 3) {
+            fprintf(stderr, "cqrs-bench: %s: warning: the first TopUp of %s made version %llu, "
+                    "not %lu: its log was not loaded whole\n", name, id,
+                    (unsigned long long)r->version, set->events + 1);
+        }
+        cqrs__reply__free_unpacked(r, NULL);
+    }
+    *secs = now_s() - t0;
+    cqrs_client_free(c);
+    return rc;
+}
+
+/* The wallets of each set of the stream-length part: the same for every
+ * length, as many as keeps the longest sets within SCALE_EVENT_BUDGET. */
+static unsigned scale_event_wallets(const struct bench *b)
+{
+    unsigned long longest = 1;
+    for (size_t i = 0; i < b->n_scale_events; i++)
+        if (b->scale_events[i] > longest)
+            longest = b->scale_events[i];
+    unsigned long w = SCALE_EVENT_BUDGET / longest;
+    return w < 1 ? 1 : w > SCALE_EVENT_WALLETS ? SCALE_EVENT_WALLETS : (unsigned)w;
+}
+
+/* The stream-length part: sync and pipelined against wallets that already
+ * have each of --scale-events events, on a cqrsd of its own per length. */
+static int run_scale_events(const struct bench *b)
+{
+    static const char *const loads[2] = { "sync", "pipelined" };
+    double per_s[MAX_SCALE_SIZES][2], first_p50[MAX_SCALE_SIZES][2];
+    unsigned wallets = scale_event_wallets(b);
+    int rc = 0;
+    size_t lo = 0, hi = 0;
+    if (!b->json)
+        printf("scale      by stream length: %u wallets per load (a set for sync, another for "
+               "pipelined; at most %lu events per set), each with L events written before its "
+               "cqrsd starts; a first pass sends one TopUp to each, one at a time (its load "
+               "from disk included), then the load; each load adds commands / %u events per "
+               "wallet on average\n", wallets, SCALE_EVENT_BUDGET, wallets);
+    for (size_t i = 0; i < b->n_scale_events; i++) {
+        unsigned long len = b->scale_events[i];
+        if (len < b->scale_events[lo])
+            lo = i;
+        if (len > b->scale_events[hi])
+            hi = i;
+        char name[64], type_dir[160];
+        snprintf(name, sizeof name, "scale events %lu", len);
+        struct daemon d;
+        struct scale_set sets[2];
+        if (daemon_init(&d) < 0 || mkdir_ok(d.data) < 0) {
+            fprintf(stderr, "cqrs-bench: %s: %s\n", name, strerror(errno));
+            daemon_destroy(&d);
+            return -1;
+        }
+        snprintf(type_dir, sizeof type_dir, "%s/wallet", d.data);
+        if (mkdir_ok(type_dir) < 0) {
+            fprintf(stderr, "cqrs-bench: %s: %s: %s\n", name, type_dir, strerror(errno));
+            daemon_destroy(&d);
+            return -1;
+        }
+        /* the two sets are written at once, one thread each */
+        double t0 = now_s();
+        int started = 0;
+        for (int k = 0; k < 2; k++) {
+            sets[k] = (struct scale_set){ .type_dir = type_dir, .wallets = wallets, .events = len };
+            snprintf(sets[k].prefix, sizeof sets[k].prefix, "scale-ev%lu-%c-", len, k ? 'p' : 's');
+            if (pthread_create(&sets[k].thread, NULL, scale_set_write, &sets[k]) != 0)
+                scale_set_write(&sets[k]);   /* no thread: here */
+            else
+                started |= 1 << k;
+        }
+        for (int k = 0; k < 2; k++)
+            if (started & (1 << k))
+                pthread_join(sets[k].thread, NULL);
+        double prep_s = now_s() - t0;
+        double prep_mb = (sets[0].bytes + sets[1].bytes) / 1048576.0;
+        for (int k = 0; k < 2; k++)
+            if (sets[k].error) {
+                fprintf(stderr, "cqrs-bench: %s: cannot write the logs of %s*: %s\n", name,
+                        sets[k].prefix, strerror(sets[k].error));
+                daemon_destroy(&d);
+                return -1;
+            }
+        /* on disk before cqrsd starts: no writeback of them during the loads */
+        double t1 = now_s();
+        int dfd = open(type_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0 || syncfs(dfd) < 0)
+            fprintf(stderr, "cqrs-bench: %s: warning: syncfs: %s\n", name, strerror(errno));
+        if (dfd >= 0)
+            close(dfd);
+        double sync_s = now_s() - t1;
+        fprintf(stderr, "cqrs-bench: %s: wrote 2 x %u logs of %lu events (%.1f MB) in %.2f s, "
+                "synced in %.2f s\n", name, wallets, len, prep_mb, prep_s, sync_s);
+        prep_s += sync_s;
+        struct daemon_conf dc = { .fsync = b->fsync, .snapshot_every = -1,
+                                  .heartbeat_timeout_ms = SCALE_EVENT_HEARTBEAT_TIMEOUT_MS };
+        if (daemon_configure(&d, &dc) < 0 || daemon_start(&d) < 0) {
+            fprintf(stderr, "cqrs-bench: %s: could not start cqrsd\n", name);
+            daemon_destroy(&d);
+            return -1;
+        }
+        double *first = calloc(wallets, sizeof *first);
+        if (!first) {
+            fprintf(stderr, "cqrs-bench: %s: out of memory\n", name);
+            daemon_destroy(&d);
+            return -1;
+        }
+        for (int k = 0; k < 2; k++) {
+            unsigned conns = k ? b->connections : 1, depth = k ? b->depth : 1;
+            snprintf(name, sizeof name, "scale %s events %lu", loads[k], len);
+            double first_s;
+            struct run_figures f;
+            if (scale_first_pass(d.sock, &sets[k], first, &first_s, name) < 0 ||
+                closed_load(d.sock, sets[k].prefix, wallets, conns, depth, b->commands, name,
+                            &f) < 0) {
+                free(first);
+                daemon_destroy(&d);
+                return -1;
+            }
+            struct pcts fp = pcts_of(first, wallets);
+            double first_max = first[wallets - 1];
+            note_heartbeat(name, first_max / 1e3);
+            per_s[i][k] = f.per_s;
+            first_p50[i][k] = fp.p50;
+            if (f.failed)
+                rc = -1;
+            if (b->json)
+                printf("{\"scenario\":\"scale\",\"fsync\":\"%s\",\"load\":\"%s\","
+                       "\"events_per_stream\":%lu,\"aggregates\":%u,\"distinct_wallets\":%lu,"
+                       "\"connections\":%u,\"depth\":%u,\"commands\":%lu,\"failed\":%lu,"
+                       "\"seconds\":%.3f,\"commands_per_s\":%.0f,\"p50_us\":%.1f,"
+                       "\"p99_us\":%.1f,\"p999_us\":%.1f,\"first_command_p50_us\":%.1f,"
+                       "\"first_command_p99_us\":%.1f,\"first_command_max_us\":%.1f,"
+                       "\"first_pass_s\":%.3f,\"prepare_s\":%.2f,\"prepare_mb\":%.1f}\n",
+                       b->fsync, loads[k], len, wallets, f.distinct, conns, depth, f.commands,
+                       f.failed, f.secs, f.per_s, f.lat.p50, f.lat.p99, f.lat.p999, fp.p50,
+                       fp.p99, first_max, first_s, prep_s, prep_mb);
+            else
+                printf("scale      %-9s events_per_stream %lu (%u wallets, %lu distinct touched), "
+                       "%u x %u, fsync %s: first command to each wallet (its load from disk "
+                       "included) p50 %.1f us, p99 %.1f us, max %.1f us (%u in %.3f s); then %lu "
+                       "commands (%lu failed) in %.3f s: commands_per_s %.0f, p50 %.1f us, p99 "
+                       "%.1f us, p999 %.1f us\n",
+                       loads[k], len, wallets, f.distinct, conns, depth, b->fsync, fp.p50, fp.p99,
+                       first_max, wallets, first_s, f.commands, f.failed, f.secs, f.per_s,
+                       f.lat.p50, f.lat.p99, f.lat.p999);
+            fflush(stdout);
+        }
+        free(first);
+        daemon_destroy(&d);
+    }
+    double rs = per_s[lo][0] > 0 ? per_s[hi][0] / per_s[lo][0] : 0;
+    double rp = per_s[lo][1] > 0 ? per_s[hi][1] / per_s[lo][1] : 0;
+    double fs = first_p50[lo][0] > 0 ? first_p50[hi][0] / first_p50[lo][0] : 0;
+    double fpl = first_p50[lo][1] > 0 ? first_p50[hi][1] / first_p50[lo][1] : 0;
+    if (b->json)
+        printf("{\"scenario\":\"scale\",\"fsync\":\"%s\",\"summary\":\"largest/smallest\","
+               "\"by\":\"events_per_stream\",\"smallest\":%u,\"largest\":%u,"
+               "\"aggregates\":%u,\"sync_ratio\":%.3f,\"pipelined_ratio\":%.3f,"
+               "\"first_command_p50_ratio_sync\":%.3f,"
+               "\"first_command_p50_ratio_pipelined\":%.3f}\n",
+               b->fsync, b->scale_events[lo], b->scale_events[hi], wallets, rs, rp, fs, fpl);
+    else
+        printf("scale      throughput with streams of %u events / of %u: sync %.3f, pipelined "
+               "%.3f; first command p50 with %u / with %u: %.3f (sync set), %.3f (pipelined "
+               "set)\n", b->scale_events[hi], b->scale_events[lo], rs, rp, b->scale_events[hi],
+               b->scale_events[lo], fs, fpl);
+    fflush(stdout);
+    return rc;
+}
+
+static int run_scale(const struct bench *b)
+{
+    int rc = run_scale_aggregates(b);
+    if (!b->spawn) {
+        fprintf(stderr, "cqrs-bench: scale: the stream-length part (--scale-events) runs only "
+                "with --spawn: it writes the logs before its cqrsd starts\n");
+        return rc;
+    }
+    return run_scale_events(b) < 0 ? -1 : rc;
 }
 
 /* ---- readmodel ----------------------------------------------------------------- */
@@ -2040,23 +2306,23 @@ static void usage(FILE *f)
                "                  [--commands N] [--aggregates A] [--kills K] [--events N]\n"
                "                  [--journal-mb MB] [--fsync always|batch|never] [--json]\n"
                "                  [--data-dir DIR] [--wallets N] [--scale-sizes A,B,...]\n"
+               "                  [--scale-events A,B,...]\n"
                "                  sync|pipelined|clients|restart|replay|snapshot|journal|\n"
                "                  recovery|limits|memory|scale|readmodel ...\n");
 }
 
-/* "1000,100000,1000000" into b->scale_sizes. */
-static int parse_sizes(struct bench *b, const char *arg)
+/* "1000,100000,1000000" into out[] (MAX_SCALE_SIZES of them), each 1 .. max. */
+static int parse_sizes(unsigned *out, size_t *n, unsigned long max, const char *arg)
 {
     const char *p = arg;
-    b->n_scale_sizes = 0;
+    *n = 0;
     for (;;) {
         char *end;
         errno = 0;
         unsigned long v = strtoul(p, &end, 10);
-        if (end == p || errno || v == 0 || v > MAX_SCALE_SIZE || *p == '-' ||
-            b->n_scale_sizes == MAX_SCALE_SIZES)
+        if (end == p || errno || v == 0 || v > max || *p == '-' || *n == MAX_SCALE_SIZES)
             return -1;
-        b->scale_sizes[b->n_scale_sizes++] = (unsigned)v;
+        out[(*n)++] = (unsigned)v;
         if (*end == '\0')
             return 0;
         if (*end != ',')
@@ -2071,7 +2337,8 @@ int main(int argc, char **argv)
                        .aggregates = 1000, .commands = 200000, .kills = 100,
                        .events = 1000000, .journal_mb = 1024, .fsync = "always",
                        .data_dir = "var", .wallets = 1000000,
-                       .scale_sizes = { 1000, 100000, 1000000 }, .n_scale_sizes = 3 };
+                       .scale_sizes = { 1000, 100000, 1000000 }, .n_scale_sizes = 3,
+                       .scale_events = { 10, 1000, 100000 }, .n_scale_events = 3 };
     static const struct option opts[] = {
         { "socket", required_argument, NULL, 's' }, { "spawn", no_argument, NULL, 'S' },
         { "connections", required_argument, NULL, 'c' }, { "depth", required_argument, NULL, 'd' },
@@ -2080,7 +2347,8 @@ int main(int argc, char **argv)
         { "journal-mb", required_argument, NULL, 'm' }, { "fsync", required_argument, NULL, 'f' },
         { "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' },
         { "data-dir", required_argument, NULL, 'D' }, { "wallets", required_argument, NULL, 'w' },
-        { "scale-sizes", required_argument, NULL, 'z' }, { NULL, 0, NULL, 0 },
+        { "scale-sizes", required_argument, NULL, 'z' },
+        { "scale-events", required_argument, NULL, 'L' }, { NULL, 0, NULL, 0 },
     };
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -2104,9 +2372,16 @@ int main(int argc, char **argv)
             break;
         }
         case 'z':
-            if (parse_sizes(&b, optarg) < 0) {
+            if (parse_sizes(b.scale_sizes, &b.n_scale_sizes, MAX_SCALE_SIZE, optarg) < 0) {
                 fprintf(stderr, "cqrs-bench: --scale-sizes: a comma-separated list of 1 to %d "
                         "sizes, each 1 .. %u\n", MAX_SCALE_SIZES, MAX_SCALE_SIZE);
+                return 64;
+            }
+            break;
+        case 'L':
+            if (parse_sizes(b.scale_events, &b.n_scale_events, SCALE_EVENT_BUDGET, optarg) < 0) {
+                fprintf(stderr, "cqrs-bench: --scale-events: a comma-separated list of 1 to %d "
+                        "stream lengths, each 1 .. %lu\n", MAX_SCALE_SIZES, SCALE_EVENT_BUDGET);
                 return 64;
             }
             break;
