@@ -204,6 +204,27 @@ static int opt_value(int argc, char **argv, int *i, const char *name, const char
     return 1;
 }
 
+/* The value options of a subcommand: names[k] fills *slots[k], at most
+ * once. 1 when argv[*i] was one of them (taken), 0 when it is none of them,
+ * or EX_USAGE after saying why (no value, given twice). */
+static int opt_values(int argc, char **argv, int *i, const char *const names[],
+                      const char **const slots[])
+{
+    for (size_t k = 0; names[k]; k++) {
+        const char *v;
+        int m = opt_value(argc, argv, i, names[k], &v);
+        if (m == 0)
+            continue;
+        if (m < 0)
+            return ctl_usage_error("option %s needs a value", names[k]);
+        if (*slots[k])
+            return ctl_usage_error("option %s is given more than once", names[k]);
+        *slots[k] = v;
+        return 1;
+    }
+    return 0;
+}
+
 static const struct aggregate_type *ctl_type(const char *name)
 {
     const struct aggregate_type *t = aggregate_lookup(name);
@@ -422,20 +443,11 @@ static int send_parse(struct ctl *c, int argc, char **argv, struct send_args *a)
 
     for (int i = 0; i < argc; i++) {
         int m;
-        const char *v, *opt = NULL, **slot = NULL;
-        if ((m = opt_value(argc, argv, &i, "--command-id", &v)) != 0) {
-            opt = "--command-id";
-            slot = &a->command_id;
-        } else if ((m = opt_value(argc, argv, &i, "--expect-version", &v)) != 0) {
-            opt = "--expect-version";
-            slot = &expect;
-        }
-        if (slot) {
-            if (m < 0)
-                return ctl_usage_error("option %s needs a value", opt);
-            if (*slot)
-                return ctl_usage_error("option %s is given more than once", opt);
-            *slot = v;
+        static const char *const names[] = { "--command-id", "--expect-version", NULL };
+        const char **const slots[] = { &a->command_id, &expect };
+        if ((m = opt_values(argc, argv, &i, names, slots)) != 0) {
+            if (m == EX_USAGE)
+                return m;
         } else if (strcmp(argv[i], "--json") == 0) {
             c->json = 1;
         } else if (strncmp(argv[i], "--", 2) == 0) {
@@ -1000,20 +1012,11 @@ static int query_parse(struct ctl *c, int argc, char **argv, struct query_args *
 
     for (int i = 0; i < argc; i++) {
         int m;
-        const char *v, *opt = NULL, **slot = NULL;
-        if ((m = opt_value(argc, argv, &i, "--min-position", &v)) != 0) {
-            opt = "--min-position";
-            slot = &min_opt;
-        } else if ((m = opt_value(argc, argv, &i, "--timeout-ms", &v)) != 0) {
-            opt = "--timeout-ms";
-            slot = &timeout_opt;
-        }
-        if (slot) {
-            if (m < 0)
-                return ctl_usage_error("option %s needs a value", opt);
-            if (*slot)
-                return ctl_usage_error("option %s is given more than once", opt);
-            *slot = v;
+        static const char *const names[] = { "--min-position", "--timeout-ms", NULL };
+        const char **const slots[] = { &min_opt, &timeout_opt };
+        if ((m = opt_values(argc, argv, &i, names, slots)) != 0) {
+            if (m == EX_USAGE)
+                return m;
         } else if (strcmp(argv[i], "--eventual") == 0) {
             a->eventual = 1;
         } else if (strcmp(argv[i], "--json") == 0) {
@@ -1426,20 +1429,11 @@ static int cmd_subscribe(struct ctl *c, int argc, char **argv)
     uint64_t from = 1;
     for (int i = 0; i < argc; i++) {
         int m;
-        const char *v, *opt = NULL, **slot = NULL;
-        if ((m = opt_value(argc, argv, &i, "--from", &v)) != 0) {
-            opt = "--from";
-            slot = &from_opt;
-        } else if ((m = opt_value(argc, argv, &i, "--count", &v)) != 0) {
-            opt = "--count";
-            slot = &count_opt;
-        }
-        if (slot) {
-            if (m < 0)
-                return ctl_usage_error("option %s needs a value", opt);
-            if (*slot)
-                return ctl_usage_error("option %s is given more than once", opt);
-            *slot = v;
+        static const char *const names[] = { "--from", "--count", NULL };
+        const char **const slots[] = { &from_opt, &count_opt };
+        if ((m = opt_values(argc, argv, &i, names, slots)) != 0) {
+            if (m == EX_USAGE)
+                return m;
         } else if (strcmp(argv[i], "--json") == 0) {
             c->json = 1;
         } else if (strncmp(argv[i], "--", 2) == 0) {
