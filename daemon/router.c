@@ -22,6 +22,7 @@
 #include "cqrs.pb-c.h"
 #include "frame.h"
 #include "log.h"
+#include "pbwire.h"
 #include "request.h"
 
 struct conn {
@@ -619,11 +620,8 @@ static int router_on_sub_reply(struct router *r, struct child *ch, struct pendin
                                struct conn *c, const uint8_t *body, size_t len)
 {
     (void)ch;
-    Cqrs__Reply *rep = cqrs__reply__unpack(NULL, len, body);
-    int more = rep && rep->more;
-    if (rep)
-        cqrs__reply__free_unpacked(rep, NULL);
-    if (!more)
+    uint64_t more = 0;   /* Reply.more, field 11: the events are not decoded */
+    if (pbwire_varint_field(body, len, 11, &more) <= 0 || !more)
         return 0;
     if (p->cancelled)
         return 1;
@@ -665,14 +663,12 @@ static void router_send_head(struct child *pr, const char *type, uint64_t positi
 static void router_on_commit(void *arg, struct child *ch, const uint8_t *body, size_t len)
 {
     struct router *r = arg;
-    uint64_t position = 0;
-    /* the worker writes field 1 (position, a varint) first */
-    if (len >= 2 && body[0] == 0x08)
-        for (size_t i = 1, shift = 0; i < len && i < 11; i++, shift += 7) {
-            position |= (uint64_t)(body[i] & 0x7f) << shift;
-            if (!(body[i] & 0x80))
-                break;
-        }
+    uint64_t position = 0;   /* Commit.position, field 1: the events are not decoded */
+    if (pbwire_varint_field(body, len, 1, &position) < 0) {
+        log_error("child %s sent a commit that is not well-formed protobuf; ignored (the "
+                  "projector reads the journal)", ch->name);
+        return;
+    }
     struct head *h;
     HASH_FIND_STR(r->heads, ch->name, h);
     if (!h && (h = calloc(1, sizeof *h)) != NULL) {

@@ -70,3 +70,42 @@ int pbwire_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *
 {
     return pbwire_walk(desc, buf, buf + len, 0);
 }
+
+int pbwire_varint_field(const uint8_t *buf, size_t len, unsigned field, uint64_t *value)
+{
+    const uint8_t *p = buf, *end = buf + len;
+    int found = 0;
+    while (p < end) {
+        uint64_t key, n;
+        if (pbwire_varint(&p, end, &key) < 0 || (key >> 3) == 0)
+            return -1;
+        switch (key & 7) {
+        case 0:
+            if (pbwire_varint(&p, end, &n) < 0)
+                return -1;
+            if ((key >> 3) == field) {   /* the last one counts, as when decoding */
+                *value = n;
+                found = 1;
+            }
+            break;
+        case 1:
+            if (end - p < 8)
+                return -1;
+            p += 8;
+            break;
+        case 5:
+            if (end - p < 4)
+                return -1;
+            p += 4;
+            break;
+        case 2:
+            if (pbwire_varint(&p, end, &n) < 0 || n > (uint64_t)(end - p))
+                return -1;
+            p += n;
+            break;
+        default:
+            return -1;
+        }
+    }
+    return found;
+}

@@ -102,3 +102,33 @@ Test(pbwire, field_number_zero_is_refused)
     cr_assert_eq(pbwire_check_strings(&cqrs__request__descriptor, over_long, sizeof over_long), -1);
     cr_assert_eq(pbwire_check_strings(&cqrs__request__descriptor, plain, sizeof plain), -1);
 }
+
+/* cqrsd reads a Reply's `more` and a Commit's position without decoding
+ * the events around them. */
+Test(pbwire, varint_field_found_absent_and_malformed)
+{
+    Cqrs__EventRecord ev = CQRS__EVENT_RECORD__INIT;
+    ev.type = "WalletToppedUp";
+    ev.position = 77;
+    Cqrs__EventRecord *evs[] = { &ev, &ev };
+    Cqrs__Reply r = CQRS__REPLY__INIT;
+    r.id = 5;
+    r.n_events = 2;
+    r.events = evs;
+    r.more = 1;
+    r.position = 1234567890123ULL;
+    uint8_t buf[512];
+    size_t n = cqrs__reply__pack(&r, buf);
+    uint64_t v = 0;
+    cr_assert_eq(pbwire_varint_field(buf, n, 11, &v), 1);
+    cr_assert_eq(v, 1);
+    cr_assert_eq(pbwire_varint_field(buf, n, 10, &v), 1);
+    cr_assert_eq(v, 1234567890123ULL);
+    cr_assert_eq(pbwire_varint_field(buf, n, 2, &v), 0, "status OK is not written");
+    r.more = 0;
+    n = cqrs__reply__pack(&r, buf);
+    cr_assert_eq(pbwire_varint_field(buf, n, 11, &v), 0, "more = false is not written");
+    cr_assert_eq(pbwire_varint_field(buf, n - 1, 10, &v), -1, "a cut varint");
+    uint8_t bad[] = { 0x0a, 0x7f, 0x00 };   /* a length past the end */
+    cr_assert_eq(pbwire_varint_field(bad, sizeof bad, 1, &v), -1);
+}
