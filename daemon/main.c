@@ -4,8 +4,9 @@
  *   cqrsd [--config FILE] [--socket PATH] [--data-dir DIR] [--help] [--version]
  *   cqrsd --verify [--config FILE] [--data-dir DIR]
  *
- * Starts one cqrs-worker per child of its configuration (built in: wallet,
- * then account), each ready before the next; then accepts clients on the
+ * Starts one cqrs-worker per worker child of its configuration (built in:
+ * wallet, then account) and cqrs-projector for the projector child (built
+ * in: readmodel), each ready before the next; then accepts clients on the
  * Unix socket. SIGTERM or SIGINT: stop accepting, stop the workers in
  * reverse order, deliver the last replies, exit 0. Exits 1 when a worker
  * fails to start or restarts too often (systemd, the parent supervisor,
@@ -167,11 +168,13 @@ static void daemon_usage(FILE *f)
             "usage: cqrsd [--config FILE] [--socket PATH] [--data-dir DIR]\n"
             "       cqrsd --verify [--config FILE] [--data-dir DIR]\n"
             "\n"
-            "Supervises one cqrs-worker per aggregate type and routes client\n"
-            "commands and queries to them over a Unix socket.\n"
+            "Supervises one cqrs-worker per aggregate type and the read model's\n"
+            "cqrs-projector, and routes client commands and queries to them over\n"
+            "a Unix socket.\n"
             "\n"
             "  --config FILE    supervisor and children (INI; default: built in,\n"
-            "                   children wallet then account, one_for_one)\n"
+            "                   children wallet, account, then readmodel;\n"
+            "                   one_for_one)\n"
             "  --socket PATH    client socket (default %s)\n"
             "  --data-dir DIR   event logs (default %s)\n"
             "  --verify         check the event logs of every child type offline\n"
