@@ -34,6 +34,7 @@ struct conn {
     int paused;               /* max_inflight_per_conn reached: not read until answered */
     int paused_out;           /* its unread replies piled up: not read until they drain */
     size_t inflight;          /* requests of this connection inside workers */
+    size_t subs;              /* of which subscriptions */
     uid_t uid;                /* the peer, from SO_PEERCRED */
     pid_t pid;
     struct event *partial;    /* a frame begun must complete in read_timeout_ms */
@@ -126,9 +127,26 @@ static int router_peer_allowed(const struct router *r, const struct ucred *cred)
            router_id_in(cred->gid, sv->allow_gids, sv->n_allow_gids);
 }
 
+static void router_cancel_sub(struct router *r, struct pending *p, struct conn *c);
+
+/* `c` is gone or has said it sends nothing more: its subscriptions end now,
+ * not at their type's next event. They no longer count in its inflight. */
+static void router_end_subs(struct router *r, struct conn *c)
+{
+    struct pending *p, *tmp;
+    HASH_ITER(hh, r->pending, p, tmp)
+        if (p->conn_id == c->id && p->sub && !p->cancelled) {
+            router_cancel_sub(r, p, NULL);
+            c->inflight--;
+        }
+    c->subs = 0;
+}
+
 static void router_conn_free(struct conn *c)
 {
     struct router *r = c->router;
+    if (c->subs)
+        router_end_subs(r, c);
     HASH_DEL(r->conns, c);
     if (c->partial)
         event_free(c->partial);
@@ -277,6 +295,8 @@ static void router_answer(struct router *r, struct pending *p, Cqrs__Status st, 
         HASH_FIND(hh, r->conns, &p->conn_id, sizeof p->conn_id, c);
     if (c && !c->closing)
         router_error(c, p->req_id, st, "%s", why);
+    if (c)
+        c->subs -= p->sub != 0;
     HASH_DEL(r->pending, p);
     free(p);
     if (c)
@@ -314,6 +334,7 @@ static void router_route_to(struct router *r, struct conn *c, const Cqrs__Reques
     }
     HASH_ADD(hh, r->pending, tag, sizeof p->tag, p);
     c->inflight++;
+    c->subs += sub != 0;
 }
 
 static void router_route(struct router *r, struct conn *c, const Cqrs__Request *req,
@@ -533,9 +554,12 @@ static void router_on_event(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_ERROR) {
         router_conn_free(c);   /* its pending replies are dropped on arrival */
     } else if (what & BEV_EVENT_EOF) {
-        /* half-closed: what it sent is still answered, then we close */
+        /* half-closed: what it sent is still answered, then we close; a
+         * subscription, which never ends by itself, ends here */
         c->eof = 1;
         bufferevent_disable(bev, EV_READ);
+        if (c->subs)
+            router_end_subs(c->router, c);
         if (c->inflight == 0 && !c->closing) {
             c->closing = 1;
             router_on_write(bev, c);
@@ -609,8 +633,10 @@ static void router_cancel_sub(struct router *r, struct pending *p, struct conn *
 {
     p->cancelled = 1;
     sup_send(p->child, p->tag, NULL, 0);
-    if (c)
+    if (c) {
+        c->subs--;
         router_conn_answered(c);
+    }
     (void)r;
 }
 
@@ -713,12 +739,13 @@ static int router_on_reply(void *arg, struct child *ch, uint64_t tag, const uint
     if (p->sub && router_on_sub_reply(r, ch, p, c, body, len))
         return 0;
     HASH_DEL(r->pending, p);
-    int cancelled = p->cancelled;
+    int cancelled = p->cancelled, sub = p->sub;
     free(p);
     if (cancelled)
         return 0;   /* the end of a subscription already answered */
     r->served++;
     if (c) {
+        c->subs -= sub != 0;
         if (!c->closing && frame_put_bytes(bufferevent_get_output(c->bev), NULL, body, len) < 0)
             c->closing = 1;
         router_conn_answered(c);

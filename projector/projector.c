@@ -745,4 +745,6 @@ void projector_stats(const struct projector *p, Cqrs__WorkerStats *out)
     }
     out->position = position;
     out->lag = lag;
+    for (const struct sub *s = p->subs; s; s = s->next_sub)
+        out->subscriptions++;
 }

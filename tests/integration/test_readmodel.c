@@ -1028,6 +1028,46 @@ Test(readmodel, a_subscriber_that_leaves_harms_nothing)
     finish();
 }
 
+/* The projector's count of subscriptions it feeds, from STATUS (-1: no
+ * heartbeat answer yet). */
+static long projector_subscriptions(void)
+{
+    struct cqrs_client *k = daemon_connect(&d);
+    Cqrs__Reply *r = NULL;
+    cr_assert(cqrs_client_control(k, CQRS__CONTROL__OP__STATUS, "", &r) == 0);
+    long n = -1;
+    for (size_t i = 0; i < r->n_children; i++)
+        if (strcmp(r->children[i]->name, "readmodel") == 0 && r->children[i]->stats)
+            n = (long)r->children[i]->stats->subscriptions;
+    cqrs__reply__free_unpacked(r, NULL);
+    cqrs_client_free(k);
+    return n;
+}
+
+/* Polls STATUS (heartbeats refresh it every second) until the projector
+ * feeds `want` subscriptions; asserts after 10 s. */
+static void wait_subscriptions(long want, const char *what)
+{
+    long n = -1;
+    for (int64_t deadline = harness_ms() + 10000; harness_ms() < deadline; harness_sleep_ms(50))
+        if ((n = projector_subscriptions()) == want)
+            return;
+    cr_assert_fail("%s: the projector feeds %ld subscriptions, expected %ld", what, n, want);
+}
+
+/* A subscriber that goes while nothing happens ends its subscription at
+ * once, not at the type's next event. */
+Test(readmodel, an_idle_subscriber_that_leaves_is_forgotten)
+{
+    struct cqrs_client *s = daemon_connect(&d);
+    uint64_t id;
+    cr_assert(cqrs_client_subscribe_start(s, "wallet", 1, &id) == 0);
+    wait_subscriptions(1, "after subscribing");
+    cqrs_client_free(s);
+    wait_subscriptions(0, "after the subscriber closed its connection, no event since");
+    finish();
+}
+
 Test(readmodel, cqrsctl_kill_readmodel_and_status)
 {
     some_history(c);
