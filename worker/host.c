@@ -45,8 +45,10 @@ struct host {
     size_t n_loaded, n_open;
     struct event *idle_timer;
     struct idtable streams;     /* by id */
-    struct stream *dirty;       /* streams with pending records */
-    struct stream *drops;       /* streams that may be dropped after the batch */
+    struct stream **dirty;      /* streams with pending records, this batch */
+    size_t n_dirty, cap_dirty;
+    struct stream **drops;      /* streams that may be dropped after the batch */
+    size_t n_drops, cap_drops;
     struct host_reply *replies;
     size_t n_replies, cap_replies;
 };
@@ -100,7 +102,7 @@ static void host_touch(struct host *h, struct stream *s)
         h->n_loaded++;
     DL_APPEND2(h->lru, s, lru_prev, lru_next);
     s->in_lru = 1;
-    s->last_used_s = host_mono_s();
+    s->last_used_s = (uint32_t)host_mono_s();
     if (s->in_open) {
         DL_DELETE2(h->open, s, open_prev, open_next);
         h->n_open--;
@@ -216,6 +218,8 @@ void host_free(struct host *h)
     for (size_t i = 0; i < h->n_replies; i++)
         free(h->replies[i].bytes);
     free(h->replies);
+    free(h->dirty);
+    free(h->drops);
     store_free(h->store);
     free(h->dir);
     free(h);
@@ -273,14 +277,30 @@ static void host_fail(struct host *h, uint64_t tag, uint64_t id, Cqrs__Status st
     host_queue(h, tag, id, NULL, &r);
 }
 
+/* Appends `s` to one of the batch's lists. Out of memory there, the batch
+ * cannot be carried out as decided: the worker dies and is restarted. */
+static void host_push(struct stream ***list, size_t *n, size_t *cap, struct stream *s)
+{
+    if (*n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 64;
+        struct stream **g = realloc(*list, ncap * sizeof *g);
+        if (!g) {
+            log_error("out of memory listing the batch's streams");
+            abort();
+        }
+        *list = g;
+        *cap = ncap;
+    }
+    (*list)[(*n)++] = s;
+}
+
 /* After the batch, `s` is dropped from memory if it is then empty or failed:
  * such streams cost memory and say nothing. */
 static void host_maybe_drop(struct host *h, struct stream *s)
 {
     if (!s->drop_candidate) {
         s->drop_candidate = 1;
-        s->next_drop = h->drops;
-        h->drops = s;
+        host_push(&h->drops, &h->n_drops, &h->cap_drops, s);
     }
 }
 
@@ -395,8 +415,7 @@ static void host_mark_dirty(struct host *h, struct stream *s)
 {
     if (!s->dirty) {
         s->dirty = 1;
-        s->next_dirty = h->dirty;
-        h->dirty = s;
+        host_push(&h->dirty, &h->n_dirty, &h->cap_dirty, s);
     }
 }
 
@@ -706,22 +725,21 @@ void host_commit(struct host *h, struct evbuffer *out)
     /* journal first: one write, one sync, for every stream of the batch */
     int journal_failed = 0;
     const char *why = "";
-    if (h->dirty && store_commit(h->store) < 0) {
+    if (h->n_dirty && store_commit(h->store) < 0) {
         journal_failed = errno ? errno : EIO;
         why = strerror(journal_failed);
         log_error("%s: cannot write the journal: %s; the batch's commands fail and nothing of "
                   "them is kept", h->type->name, why);
-    } else if (h->dirty) {
+    } else if (h->n_dirty) {
         /* committed: published before any reply, so cqrsd knows the new
          * position by the time a client learns of its command */
         size_t blen;
         const uint8_t *batch = store_committed(h->store, &blen);
         host_publish(h, out, batch, blen);
     }
-    for (struct stream *s = h->dirty, *next; s; s = next) {
-        next = s->next_dirty;
+    for (size_t i = 0; i < h->n_dirty; i++) {
+        struct stream *s = h->dirty[i];
         s->dirty = 0;
-        s->next_dirty = NULL;
         if (journal_failed) {
             s->corrupt = -1;      /* its state holds unwritten events: dropped below */
             s->batch_failed = 1;
@@ -730,7 +748,7 @@ void host_commit(struct host *h, struct evbuffer *out)
         }
         /* the path is needed to create the file, or to list it once per
          * checkpoint for syncing; not for every batch */
-        uint64_t epoch = store_epoch(h->store);
+        uint32_t epoch = (uint32_t)store_epoch(h->store);
         if (!s->log || s->written_epoch != epoch)   /* to attach, create, or list it */
             host_path(h, s->id, path, sizeof path);
         int created;
@@ -752,7 +770,7 @@ void host_commit(struct host *h, struct evbuffer *out)
                 host_snapshot(h, s);
         }
     }
-    h->dirty = NULL;
+    h->n_dirty = 0;
 
     for (size_t i = 0; i < h->n_replies; i++) {
         struct host_reply *r = &h->replies[i];
@@ -779,13 +797,12 @@ void host_commit(struct host *h, struct evbuffer *out)
     }
     h->n_replies = 0;
 
-    for (struct stream *s = h->drops, *next; s; s = next) {
-        next = s->next_drop;
+    for (size_t i = 0; i < h->n_drops; i++) {
+        struct stream *s = h->drops[i];
         s->drop_candidate = 0;
-        s->next_drop = NULL;
         if ((s->version == 0 && !s->corrupt) || s->corrupt < 0)
             host_forget(h, s);
     }
-    h->drops = NULL;
+    h->n_drops = 0;
     host_enforce_limits(h);
 }

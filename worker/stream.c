@@ -108,9 +108,11 @@ static int stream_snapshot_fits(const char *path, const struct snapshot *snap)
     return ok;
 }
 
-/* Starts `s` from the snapshot at `snap_path`: 1 when it did, 0 when there
- * is none or it does not fit (full replay), with the reason in `note`. */
+/* Starts `s` from the snapshot at `snap_path`: 1 when it did, with *offset
+ * where its log goes on, 0 when there is none or it does not fit (full
+ * replay), with the reason in `note`. */
 static int stream_from_snapshot(struct stream *s, const char *path, const char *snap_path,
+                                off_t *offset,
                                 char *note, size_t notelen)
 {
     struct snapshot *snap;
@@ -131,7 +133,7 @@ static int stream_from_snapshot(struct stream *s, const char *path, const char *
         s->type->state_free(s->state);
         s->state = state;
         s->version = s->rec_base = s->snap_version = snap->version;
-        s->snap_offset = (off_t)snap->log_offset;
+        *offset = (off_t)snap->log_offset;
         for (size_t i = 0; i < snap->n_cmds; i++)
             stream_remember(s, snap->cmds[i].command_id, snap->cmds[i].first, snap->cmds[i].count);
     }
@@ -151,7 +153,6 @@ static int stream_reset(struct stream *s)
     s->type->state_free(s->state);
     s->state = s->type->state_new();
     s->version = s->rec_base = s->snap_version = 0;
-    s->snap_offset = 0;
     return s->state ? 0 : -1;
 }
 
@@ -201,8 +202,10 @@ struct stream *stream_load(const struct aggregate_type *type, const char *id,
     note[0] = '\0';
     struct evlog_open_info info;
     int rc;
-    if (type->snapshot_version && snap_path && stream_from_snapshot(s, path, snap_path, note, notelen)) {
-        rc = evlog_open_at(path, 0, s->snap_offset, s->version, stream_replay, s, &s->log, &info);
+    off_t snap_offset;
+    if (type->snapshot_version && snap_path &&
+        stream_from_snapshot(s, path, snap_path, &snap_offset, note, notelen)) {
+        rc = evlog_open_at(path, 0, snap_offset, s->version, stream_replay, s, &s->log, &info);
         if (rc != 0 && !(rc == -1 && errno == ENOENT)) {
             snprintf(note, notelen, "snapshot ignored: replay after it failed");
             free(s->detail);
@@ -282,8 +285,11 @@ void stream_free(struct stream *s)
         s->type->state_free(s->state);
     evlog_free(s->log);
     free(s->recs);
+    if (s->pending)
+        free(s->pending->data);
     free(s->pending);
     free(s->detail);
+    free(s->walk);
     free(s);
 }
 
@@ -375,19 +381,26 @@ int stream_add(struct stream *s, const struct agg_event *ev, int64_t now_us,
         rec.n_metadata = cmd->n_metadata;
         rec.metadata = mdp;
     }
-    off_t offset = stream_base(s) + (off_t)s->pending_len;
-    size_t at = s->pending_len;
+    if (!s->pending && !(s->pending = calloc(1, sizeof *s->pending))) {
+        free(md);
+        free(mdp);
+        errno = ENOMEM;
+        return -1;
+    }
+    struct stream_buf *b = s->pending;
+    off_t offset = stream_base(s) + (off_t)b->len;
+    size_t at = b->len;
     rec.position = position;
     rec.stream = s->id;
     rec.stream_offset = (uint64_t)offset;
-    ssize_t size = evlog_encode(&rec, &s->pending, &s->pending_len, &s->pending_cap);
+    ssize_t size = evlog_encode(&rec, &b->data, &b->len, &b->cap);
     free(md);
     free(mdp);
     if (size < 0)
         return -1;
     if (stream_evolve(s, rec.type, ev->data, ev->len) < 0)
         return -1;
-    *out = s->pending + at;
+    *out = b->data + at;
     *out_len = (size_t)size;
     return stream_push_rec(s, offset, (size_t)size);
 }
@@ -395,7 +408,7 @@ int stream_add(struct stream *s, const struct agg_event *ev, int64_t now_us,
 int stream_commit(struct stream *s, const char *path, int *created)
 {
     *created = 0;
-    if (s->pending_len == 0)
+    if (!s->pending || s->pending->len == 0)
         return 0;
     if (!s->log && s->detached_size) {
         if (stream_attach(s, path) < 0)
@@ -415,13 +428,13 @@ int stream_commit(struct stream *s, const char *path, int *created)
         }
         *created = 1;
     }
-    if (evlog_append(s->log, s->pending, s->pending_len, 0) < 0)
+    if (evlog_append(s->log, s->pending->data, s->pending->len, 0) < 0)
         return -1;
     /* written: the buffer goes, as most streams wait long for their next
      * batch (a hot one pays one malloc a batch) */
+    free(s->pending->data);
     free(s->pending);
     s->pending = NULL;
-    s->pending_len = s->pending_cap = 0;
     s->durable = s->version;
     return 0;
 }
@@ -437,25 +450,30 @@ static int stream_locate(struct stream *s, uint64_t version, off_t *off, size_t 
         *size = r->size;
         return 0;
     }
-    if (!s->walk_v || s->walk_v > version) {
-        s->walk_v = 1;
-        s->walk_off = EVLOG_MAGIC_LEN;
+    if (!s->walk && !(s->walk = calloc(1, sizeof *s->walk))) {
+        errno = ENOMEM;
+        return -1;
+    }
+    struct stream_walk *w = s->walk;
+    if (!w->v || w->v > version) {
+        w->v = 1;
+        w->off = EVLOG_MAGIC_LEN;
     }
     uint8_t hdr[EVLOG_HEADER_LEN];
     for (;;) {
-        if (pread(evlog_fd(s->log), hdr, sizeof hdr, s->walk_off) != sizeof hdr) {
-            s->walk_v = 0;
+        if (pread(evlog_fd(s->log), hdr, sizeof hdr, w->off) != sizeof hdr) {
+            w->v = 0;
             errno = EIO;
             return -1;
         }
         size_t len = EVLOG_HEADER_LEN + frame_get32(hdr);
-        if (s->walk_v == version) {
-            *off = s->walk_off;
+        if (w->v == version) {
+            *off = w->off;
             *size = len;
             return 0;
         }
-        s->walk_off += (off_t)len;
-        s->walk_v++;
+        w->off += (off_t)len;
+        w->v++;
     }
 }
 
@@ -476,7 +494,7 @@ int stream_read(struct stream *s, uint64_t version, Cqrs__EventRecord **out)
     if (version <= s->durable)
         return evlog_read(s->log, off, size, out);
     size_t at = (size_t)(off - stream_base(s)) + EVLOG_HEADER_LEN;
-    *out = cqrs__event_record__unpack(NULL, size - EVLOG_HEADER_LEN, s->pending + at);
+    *out = cqrs__event_record__unpack(NULL, size - EVLOG_HEADER_LEN, s->pending->data + at);
     if (!*out) {
         errno = EIO;
         return -1;

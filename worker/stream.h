@@ -26,6 +26,16 @@ struct stream_rec {
     uint32_t size;
 };
 
+struct stream_buf {
+    uint8_t *data;
+    size_t len, cap;
+};
+
+struct stream_walk {             /* where stream_read's walk through older records is */
+    uint64_t v;
+    off_t off;
+};
+
 struct stream_cmd {              /* one remembered command id */
     char *command_id;
     uint64_t first;              /* version of its first event */
@@ -44,22 +54,17 @@ struct stream {
     size_t recs_cap;
     uint64_t rec_base;            /* versions up to here came from a snapshot */
     uint64_t snap_version;        /* version of the latest snapshot (0: none) */
-    off_t snap_offset;
-    uint64_t walk_v;              /* stream_read's walk through older records */
-    off_t walk_off;
+    struct stream_walk *walk;     /* allocated by the first walk (reads before rec_base) */
     struct stream_cmd *cmds;      /* hash by command id, oldest first */
-    uint8_t *pending;             /* encoded records not yet written */
-    size_t pending_len, pending_cap;
-    struct stream *next_dirty;    /* in the batch's dirty list */
-    struct stream *next_drop;     /* in the host's list of drop candidates */
+    struct stream_buf *pending;   /* encoded records not yet written (NULL: none) */
     struct stream *lru_prev, *lru_next;     /* every loaded stream, least recent first */
     struct stream *open_prev, *open_next;   /* those whose log file is open */
-    uint64_t written_epoch;       /* store_epoch when last listed for a checkpoint */
-    int64_t last_used_s;
+    uint32_t written_epoch;       /* store_epoch (low bits) when last listed for a checkpoint */
+    uint32_t last_used_s;         /* monotonic seconds */
     /* flags, as bits: a worker holds up to a million streams */
-    unsigned dirty : 1;
+    unsigned dirty : 1;           /* in the batch's list of streams to write */
     unsigned in_lru : 1, in_open : 1;
-    unsigned drop_candidate : 1;
+    unsigned drop_candidate : 1;  /* in the batch's list of streams maybe to drop */
     unsigned batch_failed : 1;    /* its batch never reached the journal */
     signed int corrupt : 2;       /* 1 quarantined: every request gets CORRUPT;
                                      -1 failed (I/O): dropped after the batch */
