@@ -83,6 +83,9 @@ struct agg_query {
 };
 
 struct agg_projection {
+    /* Bump whenever the tables or the statements change: the read model
+     * then drops this type's tables and applies every event again. */
+    uint32_t version;
     const char *const *schema;          /* CREATE ... IF NOT EXISTS; NULL-terminated */
     const char *const *tables;          /* the tables it owns (a rebuild drops them) */
     const struct agg_projection_rule *rules;   /* ends with event NULL */

@@ -642,6 +642,8 @@ struct projector *projector_new(struct event_base *base, const char *data_dir,
         log_error("%s", err);
         goto fail;
     }
+    if (readmodel_note(p->rm)[0])
+        log_warn("%s", readmodel_note(p->rm));
     size_t n = 0;
     for (const struct aggregate_type *const *t = aggregate_registry; *t; t++)
         n += (*t)->projection != NULL;

@@ -33,6 +33,7 @@ struct rm_type {
 
 struct readmodel {
     sqlite3 *db;
+    char note[512];            /* projections whose version changed, at open */
     struct rm_type *types;
     size_t n_types;
     sqlite3_stmt *set_position;
@@ -156,6 +157,70 @@ static int rm_type_init(struct readmodel *rm, struct rm_type *rt, char *err, siz
     return 0;
 }
 
+/* A projection stored under another version (or none: a new database, or
+ * one from before versions) loses its tables and its position, so the
+ * projector applies every event of its type again into the new tables. */
+static int rm_check_version(struct readmodel *rm, const struct aggregate_type *t, char *err,
+                            size_t errlen)
+{
+    const struct agg_projection *p = t->projection;
+    sqlite3_stmt *st;
+    int64_t stored = -1;
+    if (sqlite3_prepare_v2(rm->db, "SELECT version FROM projections WHERE type = ?", -1, &st,
+                           NULL) != SQLITE_OK)
+        return rm_fail(err, errlen, "cannot read the projections' versions: %s",
+                       sqlite3_errmsg(rm->db));
+    sqlite3_bind_text(st, 1, t->name, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        stored = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    if (stored == (int64_t)p->version)
+        return 0;
+    if (rm_exec(rm, "BEGIN IMMEDIATE", err, errlen) < 0)
+        return -1;
+    char sql[256];
+    for (const char *const *tb = p->tables; tb && *tb; tb++) {
+        snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS %s", *tb);
+        if (rm_exec(rm, sql, err, errlen) < 0)
+            goto fail;
+    }
+    const char *const stmts[] = { "DELETE FROM positions WHERE type = ?1",
+                                  "INSERT INTO projections(type, version) VALUES(?1, ?2) "
+                                  "ON CONFLICT(type) DO UPDATE SET version = excluded.version" };
+    for (size_t i = 0; i < 2; i++) {
+        if (sqlite3_prepare_v2(rm->db, stmts[i], -1, &st, NULL) != SQLITE_OK) {
+            rm_fail(err, errlen, "%s: %s", stmts[i], sqlite3_errmsg(rm->db));
+            goto fail;
+        }
+        sqlite3_bind_text(st, 1, t->name, -1, SQLITE_STATIC);
+        if (i == 1)
+            sqlite3_bind_int64(st, 2, p->version);
+        int rc = sqlite3_step(st);
+        sqlite3_finalize(st);
+        if (rc != SQLITE_DONE) {
+            rm_fail(err, errlen, "%s: %s", stmts[i], sqlite3_errmsg(rm->db));
+            goto fail;
+        }
+    }
+    if (rm_exec(rm, "COMMIT", err, errlen) < 0)
+        goto fail;
+    if (stored >= 0) {
+        size_t used = strlen(rm->note);
+        snprintf(rm->note + used, sizeof rm->note - used, "%s%s: projection %u replaces %lld: "
+                 "its tables are made again from every event", used ? "; " : "", t->name,
+                 (unsigned)p->version, (long long)stored);
+    }
+    return 0;
+fail:
+    rm_exec(rm, "ROLLBACK", err, errlen);
+    return -1;
+}
+
+const char *readmodel_note(const struct readmodel *rm)
+{
+    return rm->note;
+}
+
 static int rm_load_positions(struct readmodel *rm)
 {
     sqlite3_stmt *st;
@@ -196,11 +261,15 @@ struct readmodel *readmodel_open(const char *path, char *err, size_t errlen)
     if (rm_exec(rm, "PRAGMA journal_mode = WAL", err, errlen) < 0 ||
         rm_exec(rm, "PRAGMA synchronous = NORMAL", err, errlen) < 0 ||
         rm_exec(rm, "CREATE TABLE IF NOT EXISTS positions(type TEXT PRIMARY KEY, "
-                "position INTEGER NOT NULL) WITHOUT ROWID", err, errlen) < 0)
+                "position INTEGER NOT NULL) WITHOUT ROWID", err, errlen) < 0 ||
+        rm_exec(rm, "CREATE TABLE IF NOT EXISTS projections(type TEXT PRIMARY KEY, "
+                "version INTEGER NOT NULL) WITHOUT ROWID", err, errlen) < 0)
         goto fail;
     for (const struct aggregate_type *const *t = aggregate_registry; *t; t++) {
         if (!(*t)->projection)
             continue;
+        if (rm_check_version(rm, *t, err, errlen) < 0)
+            goto fail;
         rm->types[rm->n_types].t = *t;
         if (rm_type_init(rm, &rm->types[rm->n_types++], err, errlen) < 0)
             goto fail;

@@ -4,6 +4,10 @@
  * position kept in the same transaction, and the types' queries answered
  * from the tables. No sockets, no processes: cqrs-projector drives it.
  *
+ * Each type's projection carries a version, kept in projections(type,
+ * version): opened under another one, that type's tables are dropped and
+ * its position set to 0, and catch-up applies every event again.
+ *
  * Database: WAL mode, synchronous NORMAL (a crash of the process loses
  * nothing committed; a power loss may lose the last transactions, and their
  * positions with them, so catch-up applies them again). Tables:
@@ -39,6 +43,11 @@ enum readmodel_apply {
 /* Opens (creating) the database at `path` (":memory:" in tests) and every
  * registered type's schema. NULL with one sentence in `err`. */
 struct readmodel *readmodel_open(const char *path, char *err, size_t errlen);
+/* What opening did beyond the expected, in one line ("" when nothing): a
+ * projection whose `version` differs from the one the database was built
+ * with has lost its tables and position (they are made again from every
+ * event). */
+const char *readmodel_note(const struct readmodel *rm);
 void readmodel_close(struct readmodel *rm);
 
 /* The last position of `t` applied (committed or in the open transaction). */

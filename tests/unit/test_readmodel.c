@@ -22,6 +22,7 @@
  * packed event message), stream, version, and consecutive positions.
  */
 #include <criterion/criterion.h>
+#include <sqlite3.h>
 #include <errno.h>
 #include <ftw.h>
 #include <stdint.h>
@@ -925,6 +926,54 @@ Test(readmodel, positions_survive_close_and_open)
     cr_assert(rm, "readmodel_open a third time: %s", err);
     cr_assert_eq(readmodel_position(rm, W), 4);
     expect_wallet("w1", "Kept", 130, 90, 1, 4);
+}
+
+/* A database built under another version of a projection: that type's
+ * tables and position go (every event is applied again), the others stay. */
+Test(readmodel, a_changed_projection_starts_its_type_again)
+{
+    strcpy(dir, "/tmp/cqrs-rm.XXXXXX");
+    cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+    char path[128];
+    snprintf(path, sizeof path, "%s/readmodel.db", dir);
+    readmodel_close(rm);
+    rm = readmodel_open(path, err, sizeof err);
+    cr_assert(rm, "readmodel_open(%s): %s", path, err);
+    cr_assert_str_empty(readmodel_note(rm), "a new database: %s", readmodel_note(rm));
+    struct wstream w = { "w1", 0, 0 };
+    struct astream a = { "acc1", 0 };
+    w_topped_up(&w, 100);
+    a_opened(&a, "Ann", "ann@example.com");
+    readmodel_close(rm);
+
+    /* the same version: nothing happens */
+    rm = readmodel_open(path, err, sizeof err);
+    cr_assert(rm, "%s", err);
+    cr_assert_str_empty(readmodel_note(rm), "%s", readmodel_note(rm));
+    cr_assert_eq(readmodel_position(rm, W), 1);
+    readmodel_close(rm);
+
+    /* as if the database had been built by an older wallet projection */
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db, "UPDATE projections SET version = version + 7 WHERE "
+                              "type = 'wallet'", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    rm = readmodel_open(path, err, sizeof err);
+    cr_assert(rm, "%s", err);
+    cr_assert(strstr(readmodel_note(rm), "wallet: projection"), "note: \"%s\"",
+              readmodel_note(rm));
+    cr_assert_null(strstr(readmodel_note(rm), "account"), "%s", readmodel_note(rm));
+    cr_assert_eq(readmodel_position(rm, W), 0, "the wallet position stayed at %llu",
+                 (unsigned long long)readmodel_position(rm, W));
+    expect_no_wallet("w1");
+    cr_assert_eq(readmodel_position(rm, A), 1, "the account projection was touched");
+    expect_account("ann@example.com", "acc1", "Ann", 1, 1);
+    /* and the events apply again from the first */
+    wpos = 0;
+    w = (struct wstream){ "w1", 0, 0 };
+    w_topped_up(&w, 100);
+    expect_wallet("w1", "Main wallet", 100, 100, 0, 1);
 }
 
 Test(readmodel, reset_empties_rows_and_positions)

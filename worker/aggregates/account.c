@@ -315,6 +315,7 @@ static const struct agg_query account_queries[] = {
 };
 
 static const struct agg_projection account_projection = {
+    .version = 1,
     .schema = account_schema,
     .tables = account_tables,
     .rules = account_rules,

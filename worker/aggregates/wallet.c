@@ -577,6 +577,7 @@ static const struct agg_query wallet_queries[] = {
 };
 
 static const struct agg_projection wallet_projection = {
+    .version = 1,
     .schema = wallet_schema,
     .tables = wallet_tables,
     .rules = wallet_rules,
