@@ -20,6 +20,40 @@ static int pbwire_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
     return -1;
 }
 
+/* Reads one field at *p: its key, and for a varint its value, for a
+ * length-delimited field its bytes (*data, *value = length). -1 when the
+ * bytes are not well-formed (a field number 0 or above 2^29 - 1 included). */
+static int pbwire_field(const uint8_t **p, const uint8_t *end, uint64_t *key, uint64_t *value,
+                        const uint8_t **data)
+{
+    if (pbwire_varint(p, end, key) < 0)
+        return -1;
+    if ((*key >> 3) == 0 || (*key >> 3) > 0x1fffffff)
+        return -1;   /* no field has number 0 or above 2^29 - 1 */
+    switch (*key & 7) {
+    case 0:
+        return pbwire_varint(p, end, value);
+    case 1:
+        if (end - *p < 8)
+            return -1;
+        *p += 8;
+        return 0;
+    case 5:
+        if (end - *p < 4)
+            return -1;
+        *p += 4;
+        return 0;
+    case 2:
+        if (pbwire_varint(p, end, value) < 0 || *value > (uint64_t)(end - *p))
+            return -1;
+        *data = *p;
+        *p += *value;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
 static int pbwire_walk(const ProtobufCMessageDescriptor *desc, const uint8_t *p, const uint8_t *end,
                        int depth)
 {
@@ -27,41 +61,18 @@ static int pbwire_walk(const ProtobufCMessageDescriptor *desc, const uint8_t *p,
         return -1;
     while (p < end) {
         uint64_t key, n;
-        if (pbwire_varint(&p, end, &key) < 0)
+        const uint8_t *data;
+        if (pbwire_field(&p, end, &key, &n, &data) < 0)
             return -1;
-        if ((key >> 3) == 0 || (key >> 3) > 0x1fffffff)
-            return -1;   /* no field has number 0 or above 2^29 - 1 */
-        switch (key & 7) {
-        case 0:
-            if (pbwire_varint(&p, end, &n) < 0)
-                return -1;
-            break;
-        case 1:
-            if (end - p < 8)
-                return -1;
-            p += 8;
-            break;
-        case 5:
-            if (end - p < 4)
-                return -1;
-            p += 4;
-            break;
-        case 2: {
-            if (pbwire_varint(&p, end, &n) < 0 || n > (uint64_t)(end - p))
-                return -1;
-            const ProtobufCFieldDescriptor *f =
-                desc ? protobuf_c_message_descriptor_get_field(desc, (unsigned)(key >> 3)) : NULL;
-            if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, (size_t)n))
-                return -1;
-            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
-                pbwire_walk(f->descriptor, p, p + n, depth + 1) < 0)
-                return -1;
-            p += n;
-            break;
-        }
-        default:
+        if ((key & 7) != 2)
+            continue;
+        const ProtobufCFieldDescriptor *f =
+            desc ? protobuf_c_message_descriptor_get_field(desc, (unsigned)(key >> 3)) : NULL;
+        if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(data, 0, (size_t)n))
             return -1;
-        }
+        if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+            pbwire_walk(f->descriptor, data, data + n, depth + 1) < 0)
+            return -1;
     }
     return 0;
 }
@@ -73,38 +84,15 @@ int pbwire_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *
 
 int pbwire_varint_field(const uint8_t *buf, size_t len, unsigned field, uint64_t *value)
 {
-    const uint8_t *p = buf, *end = buf + len;
+    const uint8_t *p = buf, *end = buf + len, *data;
     int found = 0;
     while (p < end) {
         uint64_t key, n;
-        if (pbwire_varint(&p, end, &key) < 0 || (key >> 3) == 0)
+        if (pbwire_field(&p, end, &key, &n, &data) < 0)
             return -1;
-        switch (key & 7) {
-        case 0:
-            if (pbwire_varint(&p, end, &n) < 0)
-                return -1;
-            if ((key >> 3) == field) {   /* the last one counts, as when decoding */
-                *value = n;
-                found = 1;
-            }
-            break;
-        case 1:
-            if (end - p < 8)
-                return -1;
-            p += 8;
-            break;
-        case 5:
-            if (end - p < 4)
-                return -1;
-            p += 4;
-            break;
-        case 2:
-            if (pbwire_varint(&p, end, &n) < 0 || n > (uint64_t)(end - p))
-                return -1;
-            p += n;
-            break;
-        default:
-            return -1;
+        if ((key & 7) == 0 && (key >> 3) == field) {   /* the last one counts, as decoding does */
+            *value = n;
+            found = 1;
         }
     }
     return found;

@@ -100,6 +100,18 @@ static int apply_raw(const struct aggregate_type *t, const char *stream, uint64_
     return rc;
 }
 
+/* Replaces the in-memory database with a new file database in a temp dir
+ * (removed by teardown); its path goes to `path`. */
+static void open_file_database(char *path, size_t len)
+{
+    strcpy(dir, "/tmp/cqrs-rm.XXXXXX");
+    cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+    snprintf(path, len, "%s/readmodel.db", dir);
+    readmodel_close(rm);
+    rm = readmodel_open(path, err, sizeof err);
+    cr_assert(rm, "readmodel_open(%s): %s", path, err);
+}
+
 static void begin(void)
 {
     cr_assert(readmodel_begin(rm, err, sizeof err) == 0, "readmodel_begin: %s", err);
@@ -887,13 +899,8 @@ Test(readmodel, an_event_outside_a_transaction_is_refused)
 
 Test(readmodel, positions_survive_close_and_open)
 {
-    strcpy(dir, "/tmp/cqrs-rm.XXXXXX");
-    cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
     char path[128];
-    snprintf(path, sizeof path, "%s/readmodel.db", dir);
-    readmodel_close(rm);
-    rm = readmodel_open(path, err, sizeof err);
-    cr_assert(rm, "readmodel_open(%s): %s", path, err);
+    open_file_database(path, sizeof path);
 
     struct wstream w = { "w1", 0, 0 };
     struct astream a = { "acc1", 0 };
@@ -932,13 +939,8 @@ Test(readmodel, positions_survive_close_and_open)
  * tables and position go (every event is applied again), the others stay. */
 Test(readmodel, a_changed_projection_starts_its_type_again)
 {
-    strcpy(dir, "/tmp/cqrs-rm.XXXXXX");
-    cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
     char path[128];
-    snprintf(path, sizeof path, "%s/readmodel.db", dir);
-    readmodel_close(rm);
-    rm = readmodel_open(path, err, sizeof err);
-    cr_assert(rm, "readmodel_open(%s): %s", path, err);
+    open_file_database(path, sizeof path);
     cr_assert_str_empty(readmodel_note(rm), "a new database: %s", readmodel_note(rm));
     struct wstream w = { "w1", 0, 0 };
     struct astream a = { "acc1", 0 };
@@ -978,13 +980,8 @@ Test(readmodel, a_changed_projection_starts_its_type_again)
 
 Test(readmodel, reset_empties_rows_and_positions)
 {
-    strcpy(dir, "/tmp/cqrs-rm.XXXXXX");
-    cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
     char path[128];
-    snprintf(path, sizeof path, "%s/readmodel.db", dir);
-    readmodel_close(rm);
-    rm = readmodel_open(path, err, sizeof err);
-    cr_assert(rm, "readmodel_open(%s): %s", path, err);
+    open_file_database(path, sizeof path);
 
     struct wstream w = { "w1", 0, 0 };
     struct astream a = { "acc1", 0 };
