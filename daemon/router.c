@@ -52,12 +52,6 @@ struct pending {              /* a request inside (or held for) a worker */
     UT_hash_handle hh;
 };
 
-struct head {                 /* the last position a worker has committed, by type */
-    char type[64];
-    uint64_t position;
-    UT_hash_handle hh;
-};
-
 struct keyset {               /* a set of request keys */
     uint64_t key;
     UT_hash_handle hh;
@@ -85,7 +79,6 @@ struct router {
     struct conn *conns;
     struct pending *pending;
     struct poison *poison;    /* by child name */
-    struct head *heads;       /* by aggregate type */
     uint64_t next_conn, next_tag;
     uint64_t served;          /* replies delivered */
     int draining;             /* shut down: leave the loop once every client is answered */
@@ -359,11 +352,11 @@ static struct child *router_projector(struct router *r)
     return NULL;
 }
 
+/* The last position the worker of `type` has committed (0: none known). */
 static uint64_t router_head(struct router *r, const char *type)
 {
-    struct head *h;
-    HASH_FIND_STR(r->heads, type, h);
-    return h ? h->position : 0;
+    struct child *ch = sup_find(r->sup, type);
+    return ch && ch->cfg.kind == CHILD_WORKER ? ch->committed : 0;
 }
 
 /* A query of the read model (READ_MODEL, SUBSCRIBE, ALL_EVENTS) or REBUILD:
@@ -684,31 +677,18 @@ static void router_send_head(struct child *pr, const char *type, uint64_t positi
     frame_put(bufferevent_get_output(pr->bev), &tag, &cm.base);
 }
 
-/* A worker committed a batch: note its type's head, and pass it on to the
- * projector when it runs (one that misses it catches up from the journal). */
+/* A worker committed a batch (sup noted its position in ch->committed):
+ * pass it on to the projector when it runs (one that misses it catches up
+ * from the journal). */
 static void router_on_commit(void *arg, struct child *ch, const uint8_t *body, size_t len)
 {
     struct router *r = arg;
-    uint64_t position = 0;   /* Commit.position, field 1: the events are not decoded */
-    if (pbwire_varint_field(body, len, 1, &position) < 0) {
-        log_error("child %s sent a commit that is not well-formed protobuf; ignored (the "
-                  "projector reads the journal)", ch->name);
-        return;
-    }
-    struct head *h;
-    HASH_FIND_STR(r->heads, ch->name, h);
-    if (!h && (h = calloc(1, sizeof *h)) != NULL) {
-        snprintf(h->type, sizeof h->type, "%s", ch->name);
-        HASH_ADD_STR(r->heads, type, h);
-    }
-    if (h)
-        h->position = position;
     struct child *pr = router_projector(r);
     if (!pr || pr->state != CHILD_RUNNING || !pr->bev)
         return;
     struct evbuffer *out = bufferevent_get_output(pr->bev);
     if (evbuffer_get_length(out) > ROUTER_MAX_PROJECTOR_BACKLOG)
-        router_send_head(pr, ch->name, position);   /* it will read the events from disk */
+        router_send_head(pr, ch->name, ch->committed);   /* it reads the events from disk */
     else
         frame_put_bytes(out, &(uint64_t){ FRAME_TAG_COMMIT }, body, len);
 }
@@ -719,8 +699,11 @@ static void router_on_up(void *arg, struct child *ch)
     struct router *r = arg;
     if (ch->cfg.kind != CHILD_PROJECTOR)
         return;
-    for (struct head *h = r->heads; h; h = h->hh.next)
-        router_send_head(ch, h->type, h->position);
+    for (size_t i = 0; i < sup_count(r->sup); i++) {
+        struct child *w = sup_child(r->sup, i);
+        if (w->cfg.kind == CHILD_WORKER && w->started)
+            router_send_head(ch, w->name, w->committed);
+    }
 }
 
 static int router_on_reply(void *arg, struct child *ch, uint64_t tag, const uint8_t *body, size_t len)
@@ -989,11 +972,6 @@ void router_free(struct router *r)
         keyset_clear(&po->last_crash);
         keyset_clear(&po->parked);
         free(po);
-    }
-    struct head *h, *htmp;
-    HASH_ITER(hh, r->heads, h, htmp) {
-        HASH_DEL(r->heads, h);
-        free(h);
     }
     free(r->path);
     free(r);

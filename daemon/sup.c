@@ -15,6 +15,7 @@
 #include <event2/buffer.h>
 
 #include "frame.h"
+#include "pbwire.h"
 #include "log.h"
 
 #define SUP_MAX_FRAME (64u << 20)   /* workers are ours, but still bounded */
@@ -418,13 +419,21 @@ static void sup_dispatch(struct child *c, struct evbuffer *in)
                 c->stats_seen = 1;
             }
         } else if (f.tag == FRAME_TAG_COMMIT) {
+            /* Commit.position, field 1 (absent: 0), read without decoding the events */
+            uint64_t position = 0;
             if (c->cfg.kind != CHILD_WORKER) {
                 st = FRAME_TOO_BIG;   /* only workers commit */
                 frame_consume(in, &f);
                 break;
             }
-            if (c->sup->hooks.commit)
-                c->sup->hooks.commit(c->sup->hooks.arg, c, f.body, f.len);
+            if (pbwire_varint_field(f.body, f.len, 1, &position) < 0) {
+                log_error("child %s sent a commit that is not well-formed protobuf; ignored "
+                          "(the projector reads the journal)", c->name);
+            } else {
+                c->committed = position;
+                if (c->sup->hooks.commit)
+                    c->sup->hooks.commit(c->sup->hooks.arg, c, f.body, f.len);
+            }
         } else if (c->state == CHILD_RUNNING &&
                    c->sup->hooks.reply(c->sup->hooks.arg, c, f.tag, f.body, f.len) < 0) {
             st = FRAME_TOO_BIG;   /* a reply to nothing: as bad as a malformed frame */

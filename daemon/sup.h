@@ -77,6 +77,8 @@ struct child {
     uint8_t stats[64];              /* the last heartbeat answer (a packed WorkerStats) */
     size_t stats_len;
     int stats_seen;                 /* it has answered a heartbeat (all-zero stats pack to nothing) */
+    uint64_t committed;             /* a worker: the position its last commit frame announced
+                                       (kept across its restarts until the next says more) */
     int64_t ping_sent_us;
     struct standby standby;
     struct evbuffer *waiting;       /* tagged requests held until ready */
@@ -96,7 +98,8 @@ struct sup_hooks {
     void (*expire)(void *arg, struct child *c, const char *reason);
     /* `c` reported ready (it is running). May be NULL. */
     void (*up)(void *arg, struct child *c);
-    /* A worker's committed batch (a packed cqrs.Commit). May be NULL. */
+    /* A worker's committed batch (a packed cqrs.Commit; c->committed is set
+     * already). May be NULL. */
     void (*commit)(void *arg, struct child *c, const uint8_t *body, size_t len);
     /* Every child is running for the first time (called with booted_arg). */
     void (*booted)(void *arg);
