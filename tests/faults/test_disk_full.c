@@ -224,6 +224,7 @@ static void expect_log(const struct wallet *w)
 
 struct jscan {
     uint64_t events, last, bad;
+    uint64_t first;              /* the first segment's first position */
 };
 
 static int jscan_cb(void *arg, const Cqrs__EventRecord *rec, off_t offset, size_t size)
@@ -232,46 +233,20 @@ static int jscan_cb(void *arg, const Cqrs__EventRecord *rec, off_t offset, size_
     struct jscan *j = arg;
     if (strcmp(rec->type, JOURNAL_CHECKPOINT) == 0)
         return 0;
-    if (rec->position != j->last + 1 && !j->bad)
+    uint64_t expect = j->events ? j->last + 1 : j->first;
+    if (rec->position != expect && !j->bad)
         j->bad = rec->position;
     j->last = rec->position;
     j->events++;
     return 0;
 }
 
-static int name_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 static struct jscan scan_journal(void)
 {
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s/wallet/%s", d.data, LAYOUT_JOURNAL);
-    DIR *dp = opendir(dir);
-    cr_assert(dp, "opendir %s: %s", dir, strerror(errno));
-    char *names[512];
-    int n = 0;
-    for (struct dirent *e; (e = readdir(dp)) != NULL;) {
-        size_t len = strlen(e->d_name);
-        if (len > 4 && strcmp(e->d_name + len - 4, ".wal") == 0 && n < 512)
-            names[n++] = strdup(e->d_name);
-    }
-    closedir(dp);
-    qsort(names, (size_t)n, sizeof *names, name_cmp);
-    struct jscan j = { 0, 0, 0 };
-    for (int i = 0; i < n; i++) {
-        char path[PATH_MAX + 256];
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        if (i == 0)
-            j.last = strtoull(names[i], NULL, 10) - 1;
-        struct evlog *log = NULL;
-        struct evlog_open_info info;
-        int rc = evlog_open(path, EVLOG_READONLY | EVLOG_ANY_VERSIONS, jscan_cb, &j, &log, &info);
-        cr_assert(rc == 0, "journal segment %s: %d %s", path, rc, info.detail);
-        evlog_free(log);
-        free(names[i]);
-    }
+    struct jscan j = { 0, 0, 0, 0 };
+    daemon_journal_replay(&d, "wallet", 0, jscan_cb, &j, &j.first);
+    if (!j.events && j.first)
+        j.last = j.first - 1;
     return j;
 }
 

@@ -327,6 +327,7 @@ static void expect_wallet(struct cqrs_client *c, const struct wallet *w, const c
 
 struct jscan {
     int segments;
+    uint64_t first;              /* the first segment's first position */
     uint64_t events, last_position, bad_position, checkpoint;
     char failed_seen[64];        /* a failed command ("lost-*") found in it */
 };
@@ -340,8 +341,9 @@ static int jscan_cb(void *arg, const Cqrs__EventRecord *rec, off_t offset, size_
             j->checkpoint = rec->version;
         return 0;
     }
+    uint64_t expect = j->events ? j->last_position + 1 : j->first;
     j->events++;
-    if (rec->position != j->last_position + 1 && !j->bad_position)
+    if (rec->position != expect && !j->bad_position)
         j->bad_position = rec->position;
     j->last_position = rec->position;
     if (strncmp(rec->command_id, "lost-", 5) == 0 && !j->failed_seen[0])
@@ -349,44 +351,15 @@ static int jscan_cb(void *arg, const Cqrs__EventRecord *rec, off_t offset, size_
     return 0;
 }
 
-static int seg_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* Reads every segment in order (names are zero-padded first positions).
  * `live`: the daemon runs, and a segment may go between readdir and open. */
 static struct jscan scan_journal_of(int live)
 {
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s/wallet/%s", d.data, LAYOUT_JOURNAL);
-    DIR *dp = opendir(dir);
-    cr_assert(dp, "opendir %s: %s", dir, strerror(errno));
-    char *names[256];
-    int n = 0;
-    for (struct dirent *e; (e = readdir(dp)) != NULL;) {
-        size_t len = strlen(e->d_name);
-        if (len > 4 && strcmp(e->d_name + len - 4, ".wal") == 0 && n < 256)
-            names[n++] = strdup(e->d_name);
-    }
-    closedir(dp);
-    qsort(names, (size_t)n, sizeof *names, seg_cmp);
     struct jscan j;
     memset(&j, 0, sizeof j);
-    j.segments = n;
-    for (int i = 0; i < n; i++) {
-        char path[PATH_MAX + 256];
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        if (i == 0)
-            j.last_position = strtoull(names[i], NULL, 10) - 1;
-        struct evlog *log = NULL;
-        struct evlog_open_info info;
-        int rc = evlog_open(path, EVLOG_READONLY | EVLOG_ANY_VERSIONS, jscan_cb, &j, &log, &info);
-        cr_assert(rc == 0 || (live && rc == -1 && errno == ENOENT), "journal segment %s: %d %s",
-                  path, rc, info.detail);
-        evlog_free(log);
-        free(names[i]);
-    }
+    j.segments = daemon_journal_replay(&d, "wallet", live, jscan_cb, &j, &j.first);
+    if (!j.events && j.first)
+        j.last_position = j.first - 1;
     return j;
 }
 

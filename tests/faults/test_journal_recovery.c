@@ -271,24 +271,9 @@ static int jscan_cb(void *arg, const Cqrs__EventRecord *rec, off_t offset, size_
 
 static struct jscan scan_journal(void)
 {
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s/wallet/%s", d.data, LAYOUT_JOURNAL);
-    DIR *dp = opendir(dir);
-    cr_assert(dp, "opendir %s: %s", dir, strerror(errno));
     struct jscan j = { 0, 0 };
-    for (struct dirent *e; (e = readdir(dp)) != NULL;) {
-        size_t len = strlen(e->d_name);
-        if (len < 5 || strcmp(e->d_name + len - 4, ".wal") != 0)
-            continue;
-        char path[PATH_MAX + 256];
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        struct evlog *log = NULL;
-        struct evlog_open_info info;
-        int rc = evlog_open(path, EVLOG_READONLY | EVLOG_ANY_VERSIONS, jscan_cb, &j, &log, &info);
-        cr_assert(rc == 0, "journal segment %s: %d %s", path, rc, info.detail);
-        evlog_free(log);
-    }
-    closedir(dp);
+    uint64_t first;
+    daemon_journal_replay(&d, "wallet", 0, jscan_cb, &j, &first);
     return j;
 }
 

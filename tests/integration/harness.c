@@ -1027,3 +1027,39 @@ void daemon_check_topup_chain(const struct daemon *d, const char *id, uint64_t n
                  (long long)ch.last_to);
     evlog_free(log);
 }
+
+static int harness_name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int daemon_journal_replay(const struct daemon *d, const char *type, int live,
+                          evlog_replay_fn fn, void *arg, uint64_t *first)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/%s/%s", d->data, type, LAYOUT_JOURNAL);
+    DIR *dp = opendir(dir);
+    cr_assert(dp, "opendir %s: %s", dir, strerror(errno));
+    char *names[512];
+    int n = 0;
+    for (struct dirent *e; (e = readdir(dp)) != NULL;) {
+        size_t len = strlen(e->d_name);
+        if (len > 4 && strcmp(e->d_name + len - 4, ".wal") == 0 && n < 512)
+            names[n++] = strdup(e->d_name);
+    }
+    closedir(dp);
+    qsort(names, (size_t)n, sizeof *names, harness_name_cmp);   /* zero-padded positions */
+    *first = n ? strtoull(names[0], NULL, 10) : 0;
+    for (int i = 0; i < n; i++) {
+        char path[PATH_MAX + 256];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        free(names[i]);
+        struct evlog *log = NULL;
+        struct evlog_open_info info;
+        int rc = evlog_open(path, EVLOG_READONLY | EVLOG_ANY_VERSIONS, fn, arg, &log, &info);
+        cr_assert(rc == 0 || (live && rc == -1 && errno == ENOENT), "journal segment %s: %d %s",
+                  path, rc, info.detail);
+        evlog_free(log);
+    }
+    return n;
+}

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include "client.h"
+#include "evlog.h"
 
 struct daemon {
     pid_t pid;
@@ -133,6 +134,15 @@ int pgrp_wait_dead(pid_t pgid, int ms, pid_t *first);
 /* Asserts that wallet `id`'s log holds exactly versions 1..n of
  * WalletToppedUp(1) events, each going on from the one before (0 → n). */
 void daemon_check_topup_chain(const struct daemon *d, const char *id, uint64_t n);
+
+/* Replays every record of the journal of `type` in `d`'s data directory
+ * through `fn` (checkpoint records included), segment by segment in
+ * position order; *first is set, before any record is replayed, to the
+ * first segment's first position (0: no segment). `live`: cqrsd runs, so a
+ * segment deleted between listing and opening is skipped. Returns the number
+ * of segments; asserts on anything else. */
+int daemon_journal_replay(const struct daemon *d, const char *type, int live,
+                          evlog_replay_fn fn, void *arg, uint64_t *first);
 
 #endif
 
