@@ -144,6 +144,17 @@ static void as_buf_drop(struct as_buf *b)
     b->len = 0;
 }
 
+/* The end of a read of file `fd`: its buffer goes, and `rc` is returned
+ * with errno as it was (the I/O error a -1 carries). */
+static int as_done(struct allstream *as, int fd, int rc)
+{
+    int e = errno;
+    as_buf_drop(&as->buf);
+    close(fd);
+    errno = e;
+    return rc;
+}
+
 /* Points *out at bytes [off, off + n) of `fd`, reading at least `chunk`
  * bytes when it has to read. 1; 0 when the file ends first; -1 (errno). */
 static int as_fill(struct as_buf *b, int fd, off_t off, size_t n, size_t chunk,
@@ -542,17 +553,9 @@ static int as_segment(struct allstream *as, size_t i, uint64_t lo, uint64_t hi, 
     }
 done:
     *next = expect > lo ? expect : lo;
-    as_buf_drop(&as->buf);
-    close(fd);
-    return rc;
+    return as_done(as, fd, rc);
 io:
-    {
-        int e = errno;
-        as_buf_drop(&as->buf);
-        close(fd);
-        errno = e;
-        return -1;
-    }
+    return as_done(as, fd, -1);
 }
 
 /* --- the stream files -------------------------------------------------------- */
@@ -792,17 +795,9 @@ static int as_files_scan_one(struct allstream *as, uint32_t k)
         off = next;
     }
 done:
-    as_buf_drop(&as->buf);
-    close(fd);
-    return 0;
+    return as_done(as, fd, 0);
 io:
-    {
-        int e = errno;
-        as_buf_drop(&as->buf);
-        close(fd);
-        errno = e;
-        return -1;
-    }
+    return as_done(as, fd, -1);
 }
 
 /* Indexes the stream files' records with positions lo..hi. */
