@@ -33,6 +33,7 @@
 #include "aggregate.h"
 #include "config.h"
 #include "frame.h"
+#include "flush.h"
 #include "log.h"
 #include "notify.h"
 #include "router.h"
@@ -46,6 +47,7 @@ struct daemon {
     struct event_base *base;
     struct router *router;
     struct sup *sup;
+    struct flusher *flusher;   /* every channel's output, written once a turn */
     struct event *watchdog, *status_timer, *sighup;
     const char *config_path;
     int reloading;
@@ -349,7 +351,12 @@ int main(int argc, char **argv)
         log_error("cannot create the event loop");
         return 1;
     }
+    if (!(d.flusher = flusher_new())) {
+        log_error("out of memory");
+        return 1;
+    }
     struct router_config rcfg = { .socket_path = socket_path,
+                                  .flusher = d.flusher,
                                   .max_frame = cfg.server.max_frame_bytes,
                                   .server = cfg.server };
     rcfg.limits = (struct request_limits){ cfg.server.max_string_bytes,
@@ -364,6 +371,7 @@ int main(int argc, char **argv)
         .worker_path = worker,
         .projector_path = projector,
         .data_dir = data_abs,
+        .flusher = d.flusher,
         .wait_timeout_ms = 5000,
         .wait_limit = cfg.server.worker_queue,
     };
@@ -400,13 +408,13 @@ int main(int argc, char **argv)
     log_info("cqrsd %s starting: socket %s, data %s, %s%s", CQRS_VERSION, socket_path, data_abs,
              config_path ? "config " : "built-in config", config_path ? config_path : "");
     sup_start(d.sup);
-    event_base_dispatch(d.base);
+    flusher_loop(d.flusher, d.base);
 
     /* The workers are stopped; their last replies go out (1 s at most). */
     if (router_drain(d.router) > 0) {
         struct timeval grace = { 1, 0 };
         event_base_loopexit(d.base, &grace);
-        event_base_dispatch(d.base);
+        flusher_loop(d.flusher, d.base);
     }
 
     int code = sup_exit_code(d.sup);
@@ -420,6 +428,7 @@ int main(int argc, char **argv)
         event_free(d.status_timer);
     router_free(d.router);
     sup_free(d.sup);
+    flusher_free(d.flusher);
     event_base_free(d.base);
     return code;
 }

@@ -21,6 +21,7 @@
 #include "control.h"
 #include "cqrs.pb-c.h"
 #include "frame.h"
+#include "flush.h"
 #include "log.h"
 #include "pbwire.h"
 #include "request.h"
@@ -28,6 +29,7 @@
 struct conn {
     uint64_t id;
     struct bufferevent *bev;
+    struct flush_out *flush;   /* bev's output, watched by cfg.flusher */
     struct router *router;
     int closing;              /* flush what is queued, then close */
     int eof;                  /* the client shut down its side: close once answered */
@@ -143,6 +145,7 @@ static void router_conn_free(struct conn *c)
     HASH_DEL(r->conns, c);
     if (c->partial)
         event_free(c->partial);
+    flusher_unwatch(c->flush);
     bufferevent_free(c->bev);
     free(c);
     if (r->draining && !r->conns)
@@ -608,6 +611,8 @@ static void router_on_accept(struct evconnlistener *l, evutil_socket_t fd, struc
     bufferevent_setwatermark(c->bev, EV_READ, 0, (size_t)r->cfg.max_frame + (256 << 10));
     bufferevent_setcb(c->bev, router_on_read, router_on_write, router_on_event, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    if (r->cfg.flusher)
+        c->flush = flusher_watch(r->cfg.flusher, c->bev);   /* NULL: it writes by itself */
     HASH_ADD(hh, r->conns, id, sizeof c->id, c);
 }
 

@@ -28,6 +28,7 @@
 
 struct router_config {
     const char *socket_path;
+    struct flusher *flusher;        /* writes the connections' replies once a turn */
     uint32_t max_frame;
     struct request_limits limits;
     struct server_config server;    /* access control and limits ([server]) */

@@ -300,6 +300,8 @@ static int sup_spawn(struct child *c)
     bufferevent_set_max_single_read(c->bev, 1 << 20);
     bufferevent_setcb(c->bev, sup_on_read, NULL, sup_on_bev_event, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    if (s->opt.flusher)
+        c->flush = flusher_watch(s->opt.flusher, c->bev);   /* NULL: it writes by itself */
     if (c->started)
         c->restarts++;
     c->started = 1;
@@ -595,6 +597,8 @@ static void sup_on_exit(struct child *c, int status)
     c->ping_out = 0;
     evtimer_del(c->timer);
     if (c->bev) {
+        flusher_unwatch(c->flush);
+        c->flush = NULL;
         bufferevent_free(c->bev);
         c->bev = NULL;
     }
@@ -693,8 +697,10 @@ static void sup_child_free(struct child *c)
 {
     if (!c)
         return;
-    if (c->bev)
+    if (c->bev) {
+        flusher_unwatch(c->flush);
         bufferevent_free(c->bev);
+    }
     if (c->standby.bev)
         bufferevent_free(c->standby.bev);
     if (c->timer)

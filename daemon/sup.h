@@ -42,6 +42,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "flush.h"
 #include "sup_policy.h"
 
 enum child_state { CHILD_STOPPED, CHILD_STARTING, CHILD_RUNNING };
@@ -63,6 +64,7 @@ struct child {
     pid_t pid;                      /* 0 when not running */
     enum child_state state;
     struct bufferevent *bev;        /* daemon end of the socketpair */
+    struct flush_out *flush;        /* bev's output, watched by opt.flusher */
     struct event *timer;            /* start or shutdown timeout */
     uint32_t restarts;              /* starts after the first */
     int started;                    /* has been started at least once */
@@ -110,6 +112,7 @@ struct sup_options {
     const char *worker_path;
     const char *projector_path;     /* for children of kind projector */
     const char *data_dir;
+    struct flusher *flusher;        /* writes the children's channels once a turn */
     unsigned wait_timeout_ms;       /* how long a held request waits */
     size_t wait_limit;              /* held requests per child */
 };

@@ -28,6 +28,7 @@
 #include <event2/event.h>
 
 #include "cqrs.pb-c.h"
+#include "flush.h"
 #include "frame.h"
 #include "log.h"
 #include "projector.h"
@@ -37,6 +38,8 @@
 struct proc {
     struct event_base *base;
     struct bufferevent *bev;
+    struct flusher *flusher;      /* writes bev's output once a turn of the loop */
+    struct flush_out *flush;
     struct projector *pj;
     int quit;
 };
@@ -169,10 +172,14 @@ int main(int argc, char **argv)
     bufferevent_set_max_single_read(pr.bev, 1 << 20);
     bufferevent_setcb(pr.bev, proc_on_read, NULL, proc_on_event, &pr);
     bufferevent_enable(pr.bev, EV_READ);
+    if (!(pr.flusher = flusher_new()) || !(pr.flush = flusher_watch(pr.flusher, pr.bev))) {
+        log_error("cannot set up the event loop");
+        return 1;
+    }
     uint64_t zero = 0;
     frame_put_bytes(bufferevent_get_output(pr.bev), &zero, NULL, 0);   /* ready */
 
-    event_base_dispatch(pr.base);
+    flusher_loop(pr.flusher, pr.base);
 
     /* what is still buffered (final replies) goes out before we leave */
     struct evbuffer *out = bufferevent_get_output(pr.bev);
@@ -186,6 +193,8 @@ int main(int argc, char **argv)
     projector_free(pr.pj);
     event_free(sigterm);
     event_free(sigint);
+    flusher_unwatch(pr.flush);
+    flusher_free(pr.flusher);
     bufferevent_free(pr.bev);
     event_base_free(pr.base);
     return 0;

@@ -38,6 +38,7 @@
 
 #include "aggregate.h"
 #include "cqrs.pb-c.h"
+#include "flush.h"
 #include "frame.h"
 #include "host.h"
 #include "log.h"
@@ -47,6 +48,8 @@
 struct worker {
     struct event_base *base;
     struct bufferevent *bev;
+    struct flusher *flusher;      /* writes bev's output once a turn of the loop */
+    struct flush_out *flush;
     struct host *host;            /* NULL while a standby */
     const struct aggregate_type *type;
     const char *data_dir;
@@ -300,6 +303,10 @@ int main(int argc, char **argv)
     bufferevent_set_max_single_read(w.bev, 1 << 20);
     bufferevent_setcb(w.bev, worker_on_read, NULL, worker_on_event, &w);
     bufferevent_enable(w.bev, EV_READ);
+    if (!(w.flusher = flusher_new()) || !(w.flush = flusher_watch(w.flusher, w.bev))) {
+        log_error("cannot set up the event loop");
+        return 1;
+    }
 
     /* A standby says so ("S") and opens nothing until activated: only one
      * process may ever hold a type's journal. */
@@ -309,7 +316,7 @@ int main(int argc, char **argv)
     else if (worker_activate(&w) < 0)
         return 1;
 
-    event_base_dispatch(w.base);
+    flusher_loop(w.flusher, w.base);
 
     /* Replies of the last batch still buffered go out before we leave. */
     struct evbuffer *out = bufferevent_get_output(w.bev);
@@ -324,6 +331,8 @@ int main(int argc, char **argv)
     }
     event_free(sigterm);
     event_free(sigint);
+    flusher_unwatch(w.flush);
+    flusher_free(w.flusher);
     bufferevent_free(w.bev);
     host_free(w.host);
     event_base_free(w.base);
