@@ -11,7 +11,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <uthash.h>
-#include <utlist.h>
 
 #include "cqrs.pb-c.h"
 #include "durable.h"
@@ -40,9 +39,10 @@ struct host {
     struct store *store;
     unsigned snapshot_every;
     unsigned open_files, max_aggregates, idle_timeout_s;
-    struct stream *lru;         /* every loaded stream, least recently used first */
-    struct stream *open;        /* streams whose log file is open, likewise */
-    size_t n_loaded, n_open;
+    size_t n_loaded;            /* streams in memory (in_lru) */
+    size_t lru_hand;            /* the eviction clock: a slot of `streams` */
+    struct stream **open;       /* streams whose log file is open (open_slot: their index) */
+    size_t n_open, open_hand;   /* open_files + 1 places; the clock closing them */
     struct event *idle_timer;
     struct idtable streams;     /* by id */
     struct stream **dirty;      /* streams with pending records, this batch */
@@ -79,39 +79,56 @@ static int64_t host_mono_s(void)
     return ts.tv_sec;
 }
 
-/* Closes the least recently used log files until at most `max` are open,
- * never `keep`'s (stream_detach: only the size is kept). A detached log
- * opens again when next used, even within a batch. */
+static void host_open_add(struct host *h, struct stream *s)
+{
+    s->open_slot = (uint32_t)h->n_open;
+    h->open[h->n_open++] = s;
+    s->in_open = 1;
+}
+
+static void host_open_del(struct host *h, struct stream *s)
+{
+    struct stream *last = h->open[--h->n_open];
+    h->open[s->open_slot] = last;
+    last->open_slot = s->open_slot;
+    s->in_open = 0;
+}
+
+/* Closes log files until at most `max` are open, never `keep`'s
+ * (stream_detach: only the size is kept), by a clock: one used since the
+ * hand last passed gets a second chance. A detached log opens again when
+ * next used, even within a batch. */
 static void host_park(struct host *h, size_t max, const struct stream *keep)
 {
-    while (h->n_open > max && h->open && h->open != keep) {
-        struct stream *old = h->open;
-        stream_detach(old);
-        DL_DELETE2(h->open, old, open_prev, open_next);
-        h->n_open--;
-        old->in_open = 0;
+    while (h->n_open > max && !(h->n_open == 1 && h->open[0] == keep)) {
+        if (h->open_hand >= h->n_open)
+            h->open_hand = 0;
+        struct stream *s = h->open[h->open_hand];
+        if (s == keep || s->used_open) {
+            s->used_open = 0;
+            h->open_hand++;
+            continue;
+        }
+        stream_detach(s);
+        host_open_del(h, s);   /* the last one moved into the hand's place */
     }
 }
 
-/* `s` was just used: the most recent in both lists. */
+/* `s` was just used: marked for both clocks, its open log counted. */
 static void host_touch(struct host *h, struct stream *s)
 {
-    if (s->in_lru)
-        DL_DELETE2(h->lru, s, lru_prev, lru_next);
-    else
+    if (!s->in_lru) {
+        s->in_lru = 1;
         h->n_loaded++;
-    DL_APPEND2(h->lru, s, lru_prev, lru_next);
-    s->in_lru = 1;
-    s->last_used_s = (uint32_t)host_mono_s();
-    if (s->in_open) {
-        DL_DELETE2(h->open, s, open_prev, open_next);
-        h->n_open--;
-        s->in_open = 0;
     }
+    s->used = 1;
+    s->last_used_s = (uint32_t)host_mono_s();
     if (s->log) {
-        DL_APPEND2(h->open, s, open_prev, open_next);
-        h->n_open++;
-        s->in_open = 1;
+        s->used_open = 1;
+        if (!s->in_open)
+            host_open_add(h, s);
+    } else if (s->in_open) {
+        host_open_del(h, s);
     }
     host_park(h, h->open_files, s);
 }
@@ -126,38 +143,50 @@ static void host_make_room(struct host *h, const struct stream *s)
 /* Removes `s` from memory (its files are untouched: the next use reloads). */
 static void host_forget(struct host *h, struct stream *s)
 {
-    if (s->in_lru) {
-        DL_DELETE2(h->lru, s, lru_prev, lru_next);
+    if (s->in_lru)
         h->n_loaded--;
-    }
-    if (s->in_open) {
-        DL_DELETE2(h->open, s, open_prev, open_next);
-        h->n_open--;
-    }
+    if (s->in_open)
+        host_open_del(h, s);
     idtable_del(&h->streams, s);
     stream_free(s);
 }
 
-/* Between batches: at most max_aggregates streams in memory, the least
- * recently used going first (open files are bounded as they open, in
- * host_touch). Nothing is lost: everything a stream holds is in its files
- * (and the journal). */
+/* Between batches: at most max_aggregates streams in memory, by a clock
+ * over the table (a stream used since the hand last passed gets a second
+ * chance; no list through every stream, which would cost each 16 bytes).
+ * Open files are bounded as they open, in host_touch. Nothing is lost:
+ * everything a stream holds is in its files (and the journal). */
 static void host_enforce_limits(struct host *h)
 {
-    while (h->n_loaded > h->max_aggregates && h->lru)
-        host_forget(h, h->lru);
+    while (h->n_loaded > h->max_aggregates && h->streams.n) {
+        if (h->lru_hand >= h->streams.cap)
+            h->lru_hand = 0;
+        struct stream *s = idtable_slot(&h->streams, h->lru_hand);
+        if (s && !s->used) {
+            host_forget(h, s);   /* another may move into the slot: look again */
+            continue;
+        }
+        if (s)
+            s->used = 0;
+        h->lru_hand++;
+    }
 }
 
 /* OTP's hibernate, at the scale of a whole aggregate: one unused for
- * idle_timeout_s is evicted. */
+ * idle_timeout_s is evicted (a pass over the table every idle_timeout_s / 4). */
 static void host_on_idle_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct host *h = arg;
     (void)fd;
     (void)what;
     int64_t limit = host_mono_s() - (int64_t)h->idle_timeout_s;
-    while (h->lru && h->lru->last_used_s <= limit)
-        host_forget(h, h->lru);
+    for (size_t i = 0; i < h->streams.cap;) {
+        struct stream *s = idtable_slot(&h->streams, i);
+        if (s && (int64_t)s->last_used_s <= limit)
+            host_forget(h, s);   /* another may move into the slot: look again */
+        else
+            i++;
+    }
 }
 
 struct host *host_new(struct event_base *base, const struct aggregate_type *type,
@@ -170,9 +199,15 @@ struct host *host_new(struct event_base *base, const struct aggregate_type *type
     h->type = type;
     h->snapshot_every = opt->snapshot_every;
     h->open_files = opt->open_files ? opt->open_files : 1;
+    if (!(h->open = malloc(((size_t)h->open_files + 1) * sizeof *h->open))) {
+        free(h);
+        errno = ENOMEM;
+        return NULL;
+    }
     h->max_aggregates = opt->max_aggregates ? opt->max_aggregates : 1;
     h->idle_timeout_s = opt->idle_timeout_s;
     if (asprintf(&h->dir, "%s/%s", data_dir, type->name) < 0) {
+        free(h->open);
         free(h);
         errno = ENOMEM;
         return NULL;
@@ -220,6 +255,7 @@ void host_free(struct host *h)
     free(h->replies);
     free(h->dirty);
     free(h->drops);
+    free(h->open);
     store_free(h->store);
     free(h->dir);
     free(h);

@@ -31,5 +31,12 @@ void idtable_del(struct idtable *t, void *obj);
 /* Every object once, in no particular order: start with *i = 0; NULL at
  * the end. The table must not change during the walk. */
 void *idtable_next(const struct idtable *t, size_t *i);
+/* The object in slot i (< t->cap), or NULL: for a clock sweeping the table,
+ * which may remove the object it finds (the slot may then hold another one
+ * moved back: look at it again). */
+static inline void *idtable_slot(const struct idtable *t, size_t i)
+{
+    return t->slots[i];
+}
 
 #endif

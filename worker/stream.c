@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,14 +25,18 @@ static off_t stream_base(const struct stream *s)
 static int stream_push_rec(struct stream *s, off_t offset, size_t size)
 {
     if (s->version - s->rec_base + 1 > s->recs_cap) {
-        size_t ncap = s->recs_cap ? s->recs_cap * 2 : 1;   /* most streams are short */
+        size_t ncap = s->recs_cap ? (size_t)s->recs_cap * 2 : 1;   /* most streams are short */
+        if (ncap > UINT32_MAX) {   /* 64 GB of index: the walk reads the rest */
+            errno = EFBIG;
+            return -1;
+        }
         struct stream_rec *n = realloc(s->recs, ncap * sizeof *n);
         if (!n) {
             errno = ENOMEM;
             return -1;
         }
         s->recs = n;
-        s->recs_cap = ncap;
+        s->recs_cap = (uint32_t)ncap;
     }
     s->recs[s->version - s->rec_base] = (struct stream_rec){ offset, (uint32_t)size };
     s->version++;
@@ -159,7 +164,7 @@ static int stream_reset(struct stream *s)
 struct stream *stream_new(const struct aggregate_type *type, const char *id)
 {
     size_t len = strnlen(id, AGG_ID_MAX);
-    struct stream *s = calloc(1, sizeof *s + len + 1);
+    struct stream *s = calloc(1, offsetof(struct stream, id) + len + 1);   /* no tail padding */
     if (!s)
         return NULL;
     memcpy(s->id, id, len);

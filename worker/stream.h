@@ -51,24 +51,24 @@ struct stream {
     struct evlog *log;            /* NULL until the first append, and while detached */
     off_t detached_size;          /* detached (log NULL): its log's size; 0: no log */
     struct stream_rec *recs;      /* recs[v-1-rec_base] for version v > rec_base */
-    size_t recs_cap;
     uint64_t rec_base;            /* versions up to here came from a snapshot */
     uint64_t snap_version;        /* version of the latest snapshot (0: none) */
     struct stream_walk *walk;     /* allocated by the first walk (reads before rec_base) */
     struct stream_cmd *cmds;      /* hash by command id, oldest first */
     struct stream_buf *pending;   /* encoded records not yet written (NULL: none) */
-    struct stream *lru_prev, *lru_next;     /* every loaded stream, least recent first */
-    struct stream *open_prev, *open_next;   /* those whose log file is open */
+    char *detail;                 /* why, for CORRUPT replies: file and offset (NULL: none) */
+    uint32_t recs_cap;
     uint32_t written_epoch;       /* store_epoch (low bits) when last listed for a checkpoint */
     uint32_t last_used_s;         /* monotonic seconds */
+    uint32_t open_slot;           /* in_open: its place in the host's array of open logs */
     /* flags, as bits: a worker holds up to a million streams */
     unsigned dirty : 1;           /* in the batch's list of streams to write */
-    unsigned in_lru : 1, in_open : 1;
+    unsigned in_lru : 1, in_open : 1;   /* counted as loaded; its log in the open array */
+    unsigned used : 1, used_open : 1;   /* used since the eviction clocks last passed */
     unsigned drop_candidate : 1;  /* in the batch's list of streams maybe to drop */
     unsigned batch_failed : 1;    /* its batch never reached the journal */
     signed int corrupt : 2;       /* 1 quarantined: every request gets CORRUPT;
                                      -1 failed (I/O): dropped after the batch */
-    char *detail;                 /* why, for CORRUPT replies: file and offset (NULL: none) */
     char id[];                    /* the aggregate id, as long as it is */
 };
 
