@@ -5,7 +5,7 @@
  *              [--commands N] [--aggregates A] [--kills K] [--events N]
  *              [--journal-mb MB] [--fsync always|batch|never] [--json]
  *              [--data-dir DIR] [--wallets N] [--scale-sizes A,B,...]
- *              [--scale-events A,B,...] SCENARIO...
+ *              [--scale-events A,B,...] [--readmodel] SCENARIO...
  *
  * Scenarios:
  *   sync       1 connection, 1 request in flight
@@ -105,7 +105,8 @@
  * latency percentiles over every request. --spawn starts its own cqrsd on a
  * temporary directory (removed after): one shared by sync, pipelined,
  * clients, restart, scale and limits (fsync from
- * --fsync, default always), one for replay and snapshot, one for journal,
+ * --fsync, default always; with --readmodel it also runs the projector child
+ * READMODEL_CHILD, as the built-in configuration does), one for replay and snapshot, one for journal,
  * one for recovery, one for memory, one for readmodel (limits measures in
  * the shared one's data directory); every spawned cqrsd heartbeats every
  * 100 ms (readmodel's every 20 ms), so the counters in STATUS are fresh
@@ -172,6 +173,7 @@ struct bench {
     unsigned long commands, events, journal_mb;
     const char *fsync;
     int json, spawn;
+    int readmodel;               /* --readmodel: the shared cqrsd runs a projector */
     int fsync_given;             /* --fsync given: the mode of a cqrsd we did not start */
     const char *data_dir;        /* limits without --spawn */
     unsigned wallets;            /* memory */
@@ -2306,7 +2308,7 @@ static void usage(FILE *f)
                "                  [--commands N] [--aggregates A] [--kills K] [--events N]\n"
                "                  [--journal-mb MB] [--fsync always|batch|never] [--json]\n"
                "                  [--data-dir DIR] [--wallets N] [--scale-sizes A,B,...]\n"
-               "                  [--scale-events A,B,...]\n"
+               "                  [--scale-events A,B,...] [--readmodel]\n"
                "                  sync|pipelined|clients|restart|replay|snapshot|journal|\n"
                "                  recovery|limits|memory|scale|readmodel ...\n");
 }
@@ -2348,13 +2350,15 @@ int main(int argc, char **argv)
         { "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' },
         { "data-dir", required_argument, NULL, 'D' }, { "wallets", required_argument, NULL, 'w' },
         { "scale-sizes", required_argument, NULL, 'z' },
-        { "scale-events", required_argument, NULL, 'L' }, { NULL, 0, NULL, 0 },
+        { "scale-events", required_argument, NULL, 'L' },
+        { "readmodel", no_argument, NULL, 'R' }, { NULL, 0, NULL, 0 },
     };
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
         case 's': b.socket = optarg; break;
         case 'S': b.spawn = 1; break;
+        case 'R': b.readmodel = 1; break;
         case 'c': b.connections = (unsigned)atoi(optarg); break;
         case 'd': b.depth = (unsigned)atoi(optarg); break;
         case 'n': b.commands = strtoul(optarg, NULL, 10); break;
@@ -2426,7 +2430,8 @@ int main(int argc, char **argv)
         int uses_shared = !strcmp(s, "sync") || !strcmp(s, "pipelined") || !strcmp(s, "restart") ||
                           !strcmp(s, "clients") || !strcmp(s, "scale") || !strcmp(s, "limits");
         if (uses_shared && b.spawn && shared.pid == 0) {
-            struct daemon_conf dc = { .fsync = b.fsync, .snapshot_every = -1 };
+            struct daemon_conf dc = { .fsync = b.fsync, .snapshot_every = -1,
+                                      .readmodel = b.readmodel };
             if (daemon_spawn(&shared, &dc) < 0) {
                 rc = -1;
                 break;
