@@ -75,6 +75,31 @@ static int evlog_all_zero(const uint8_t *p, size_t n)
     return 1;
 }
 
+/* Is buf[from..size) all zeros? Only the parts where the file fd holds data
+ * are read (SEEK_DATA): a preallocated tail of 64 MB is not written, reads
+ * as zeros, and costs nothing to skip. */
+static int evlog_zero_from(int fd, const uint8_t *buf, off_t from, off_t size)
+{
+    while (from < size) {
+        off_t d = lseek(fd, from, SEEK_DATA);
+        if (d < 0)
+            return errno == ENXIO ? 1 : evlog_all_zero(buf + from, (size_t)(size - from));
+        if (d >= size)
+            return 1;
+        if (d < from)
+            d = from;
+        off_t h = lseek(fd, d, SEEK_HOLE);
+        if (h < 0 || h > size)
+            h = size;
+        if (h <= d)
+            h = d + 1;   /* no progress from the filesystem: read a byte at least */
+        if (!evlog_all_zero(buf + d, (size_t)(h - d)))
+            return 0;
+        from = h;
+    }
+    return 1;
+}
+
 /* Is there a whole record with a good checksum anywhere in buf[from..size)?
  * An EventRecord's payload starts with its version (field 1, varint: 0x08),
  * which makes the search cheap. */
@@ -93,17 +118,21 @@ static int evlog_valid_record_after(const uint8_t *buf, off_t from, off_t size)
 
 /* Walks the records of buf[0..size); see the recovery rules in evlog.h.
  * Sets *good_end to the end of the last good record. */
-static int evlog_scan(const uint8_t *buf, off_t size, off_t pos, evlog_replay_fn fn, void *arg,
-                      struct evlog_open_info *info, int check_versions, off_t *good_end)
+static int evlog_scan(int fd, const uint8_t *buf, off_t size, off_t pos, evlog_replay_fn fn,
+                      void *arg, struct evlog_open_info *info, int check_versions,
+                      off_t *good_end, off_t *zeros_from)
 {
+    *zeros_from = size;
     while (pos < size) {
         off_t left = size - pos;
         if (left < EVLOG_HEADER_LEN)
             break;                                  /* torn header */
         uint32_t len = frame_get32(buf + pos);
         uint32_t crc = frame_get32(buf + pos + 4);
-        if (len == 0 && evlog_all_zero(buf + pos, (size_t)left))
+        if (len == 0 && evlog_zero_from(fd, buf, pos, size)) {
+            *zeros_from = pos;
             break;                                  /* zero-filled tail */
+        }
         if (len == 0 || len > EVLOG_MAX_RECORD) {
             if (len > EVLOG_MAX_RECORD && (off_t)len > left - EVLOG_HEADER_LEN)
                 goto past_end;
@@ -116,6 +145,10 @@ static int evlog_scan(const uint8_t *buf, off_t size, off_t pos, evlog_replay_fn
         if (crc32c(0, payload, len) != crc) {
             if (end == size)
                 break;                              /* torn last record */
+            if (evlog_zero_from(fd, buf, end, size)) {
+                *zeros_from = end;
+                break;                              /* torn, and nothing written after it */
+            }
             return evlog_corrupt(info, "record at byte %lld fails its checksum", pos);
         }
         Cqrs__EventRecord *rec = cqrs__event_record__unpack(NULL, len, payload);
@@ -236,13 +269,17 @@ int evlog_open_at(const char *path, int flags, off_t start, uint64_t start_versi
             rc = evlog_corrupt(info, "replay would start at byte %lld, outside the file", start);
             goto fail_rc;
         }
-        off_t good_end = start;
-        rc = evlog_scan(buf, size, start, fn, arg, info, !(flags & EVLOG_ANY_VERSIONS), &good_end);
+        off_t good_end = start, zeros_from;
+        rc = evlog_scan(fd, buf, size, start, fn, arg, info, !(flags & EVLOG_ANY_VERSIONS),
+                        &good_end, &zeros_from);
         if (rc != 0)
             goto fail_rc;
-        if (good_end < size) {
-            info->truncated_bytes = size - good_end;
-            if (!ro && (evlog_keep_torn(path, buf + good_end, (size_t)(size - good_end)) < 0 ||
+        /* preallocated: the zeros after the records are room for appends;
+         * only bytes between them are torn (kept, then the file is cut) */
+        off_t end = (flags & EVLOG_PREALLOCATED) ? zeros_from : size;
+        if (good_end < end) {
+            info->truncated_bytes = end - good_end;
+            if (!ro && (evlog_keep_torn(path, buf + good_end, (size_t)(end - good_end)) < 0 ||
                         ftruncate(fd, good_end) < 0))
                 goto fail_buf;
         }
@@ -376,6 +413,22 @@ static int evlog_sync_dir_entry(struct evlog *log)
         return -1;
     log->dir_unsynced = 0;
     return 0;
+}
+
+int evlog_preallocate(struct evlog *log, off_t bytes)
+{
+    if (evlog_ensure(log) < 0)
+        return -1;
+    if (bytes <= log->size)
+        return 0;
+    return fallocate(log->fd, 0, 0, bytes) < 0 ? -1 : 0;
+}
+
+int evlog_trim(struct evlog *log)
+{
+    if (evlog_ensure(log) < 0)
+        return -1;
+    return ftruncate(log->fd, log->size);
 }
 
 int evlog_append(struct evlog *log, const uint8_t *buf, size_t len, int sync)

@@ -16,9 +16,13 @@
  *   - a file shorter than the magic that is a prefix of it (a crash while
  *     creating it) is an empty stream: it is reset to the bare magic;
  *   - a last record that runs past the end of the file, or whose CRC fails
- *     and that ends exactly at the end of the file, is a torn tail: it is
- *     truncated away (its bytes kept in `<path>.torn-<µs>`) and the caller
- *     is told how many bytes went;
+ *     and that ends exactly at the end of the file or where only zeros
+ *     follow, is a torn tail: it is truncated away (its bytes kept in
+ *     `<path>.torn-<µs>`) and the caller is told how many bytes went; so is
+ *     a tail of zeros where a record would start (a file grown by a crash
+ *     before its data reached the disk);
+ *   - with EVLOG_PREALLOCATED, a tail of zeros is space made ready for
+ *     appends (evlog_preallocate): it is left as it is and not counted;
  *   - anything else that fails (bad magic, a bad record followed by more
  *     bytes, an undecodable payload, a version out of sequence) is
  *     corruption: EVLOG_CORRUPT, and the file is left as it is; so is a
@@ -54,6 +58,8 @@ enum {
                                  tail is reported, not cut) */
     EVLOG_ANY_VERSIONS = 4,   /* records of many streams (the journal): no
                                  version sequence to check */
+    EVLOG_PREALLOCATED = 8,   /* the file may run on past its records in
+                                 zeros: see the recovery rules */
 };
 
 struct evlog;
@@ -100,6 +106,15 @@ off_t evlog_size(const struct evlog *log);
  * realloc). Returns the record's size, or -1 (ENOMEM, or EFBIG when over
  * EVLOG_MAX_RECORD). */
 ssize_t evlog_encode(const Cqrs__EventRecord *rec, uint8_t **buf, size_t *len, size_t *cap);
+
+/* Makes the file `bytes` long ahead of the appends (fallocate: the blocks
+ * are reserved and read as zeros), so that a sync after an append writes
+ * data only, not a new size and new blocks each time; open such a file with
+ * EVLOG_PREALLOCATED. 0, or -1 with errno (the log is unchanged and works
+ * as before: nothing depends on it). */
+int evlog_preallocate(struct evlog *log, off_t bytes);
+/* Cuts the file back to its records (the preallocated rest). 0 or -1. */
+int evlog_trim(struct evlog *log);
 
 /* Appends `len` bytes of encoded records, then fdatasyncs when `sync`.
  * On failure the file is cut back and -1 returned with errno. */

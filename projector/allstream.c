@@ -492,6 +492,10 @@ static int as_segment(struct allstream *as, size_t i, uint64_t lo, uint64_t hi, 
             break;
         }
         uint32_t len = frame_get32(h);
+        if (len == 0 && frame_get32(h + 4) == 0) {
+            *end = AS_ENDED;   /* the zeros a segment is made ready with: no record yet */
+            break;
+        }
         if (len == 0 || len > EVLOG_MAX_RECORD) {
             rc = as_corrupt(as, "%s: record at byte %lld (position %" PRIu64 ") has an "
                             "impossible length", path, (long long)off, expect);

@@ -11,6 +11,11 @@
  *     (where it lies in the stream's log file);
  *   - a checkpoint: type "$checkpoint", `version` = the position up to
  *     which every stream file is known to be synced.
+ * The current segment is preallocated to its full size (fallocate), so
+ * that a sync writes data only, not a new file size and new blocks each
+ * time; its zeros after the last record are room, not a torn tail
+ * (EVLOG_PREALLOCATED), and a full segment is cut back to its records when
+ * the next one begins.
  * A batch is appended with one write and made durable with one fdatasync
  * before any reply leaves; the stream files are written without a sync, and
  * a checkpoint later syncs them. After a crash, the events after the last

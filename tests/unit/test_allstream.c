@@ -36,6 +36,7 @@ static struct {
     uint64_t per_segment;       /* events per segment */
     unsigned checkpoint_every;  /* a checkpoint record after every this many events */
     size_t pad;                 /* bytes of 'x' after each event's "payload-<position>" */
+    off_t prealloc;             /* segments made this long ahead (zeros), as the journal does */
     struct evlog *seg;
     uint64_t in_seg;
     uint64_t last;
@@ -102,6 +103,8 @@ static void journal_put(const uint8_t *buf, size_t len)
         evlog_free(W.seg);
         seg_path(path, sizeof path, W.last + 1);
         cr_assert_eq(evlog_open(path, EVLOG_CREATE | EVLOG_ANY_VERSIONS, NULL, NULL, &W.seg, NULL), 0);
+        if (W.prealloc)
+            cr_assert_eq(evlog_preallocate(W.seg, W.prealloc), 0, "%s", strerror(errno));
         W.in_seg = 0;
     }
     cr_assert_eq(evlog_append(W.seg, buf, len, 0), 0);
@@ -313,6 +316,25 @@ Test(allstream, reads_a_range_across_segments)
     assert_reads(1, 1000, 0);
     assert_reads(250, 730, 0);
     assert_reads(100, 101, 0);
+}
+
+/* The journal's segments run on in zeros after their records (preallocated;
+ * a full one is cut back, unless a crash came first): the zeros end a
+ * segment's records, they are not a damaged record. */
+Test(allstream, reads_preallocated_segments)
+{
+    W.prealloc = 1 << 20;
+    build(1000, 10, 100, 30);
+    assert_reads(1, 1000, 0);
+    assert_reads(250, 730, 0);
+    assert_reads(990, 1000, 0);
+
+    /* past the last record: the position is missing, not a record damaged */
+    struct got g = { 0 };
+    char err[256];
+    cr_assert_eq(read_once(990, 1001, &g, NULL, err, sizeof err), EVLOG_CORRUPT);
+    cr_assert_not_null(strstr(err, "position 1001 is missing from the journal"), "%s", err);
+    free(g.pos);
 }
 
 Test(allstream, starts_in_the_middle_of_a_segment)

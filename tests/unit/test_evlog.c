@@ -589,6 +589,131 @@ Test(evlog, zero_filled_tail_is_cut_away)
     }
 }
 
+/* --- preallocated files (the journal's segments) --------------------------- */
+
+/* magic + records 1..n, then `zeros` zero bytes: unwritten (fallocate) or
+ * written, as a preallocated or crash-grown file holds them. */
+static off_t write_log_with_zeros(uint64_t n, size_t zeros, int fallocated)
+{
+    ENC_LEN = 0;
+    for (uint64_t v = 1; v <= n; v++)
+        encode(v, 0);
+    off_t good = (off_t)(EVLOG_MAGIC_LEN + ENC_LEN);
+    int fd = open(PATH, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, EVLOG_MAGIC, EVLOG_MAGIC_LEN), EVLOG_MAGIC_LEN);
+    cr_assert_eq(write(fd, ENC, ENC_LEN), (ssize_t)ENC_LEN);
+    if (fallocated) {
+        cr_assert_eq(fallocate(fd, 0, 0, good + (off_t)zeros), 0, "fallocate: %s", strerror(errno));
+    } else {
+        uint8_t *z = calloc(1, zeros);
+        cr_assert_eq(write(fd, z, zeros), (ssize_t)zeros);
+        free(z);
+    }
+    close(fd);
+    return good;
+}
+
+Test(evlog, preallocated_zeros_are_room_for_appends_not_a_torn_tail)
+{
+    for (int fallocated = 0; fallocated <= 1; fallocated++) {
+        off_t good = write_log_with_zeros(3, 1 << 20, fallocated);
+        off_t size = file_size();
+        struct seen s = { 0 };
+        struct evlog_open_info info;
+        cr_assert_eq(evlog_open(PATH, EVLOG_PREALLOCATED, on_record, &s, &LOG, &info), 0, "%s",
+                     info.detail);
+        cr_assert_eq(s.n, 3);
+        cr_assert_eq(info.truncated_bytes, 0, "zeros counted as torn (fallocated %d)", fallocated);
+        cr_assert_eq(file_size(), size, "the room was cut away");
+        cr_assert_eq(evlog_size(LOG), good);
+
+        /* an append lands after the records, in the room; a reopen sees it */
+        ENC_LEN = 0;
+        encode(4, 0);
+        cr_assert_eq(evlog_append(LOG, ENC, ENC_LEN, 1), 0, "%s", strerror(errno));
+        cr_assert_eq(file_size(), size);
+        evlog_free(LOG);
+        LOG = NULL;
+        struct seen again = { 0 };
+        cr_assert_eq(evlog_open(PATH, EVLOG_PREALLOCATED, on_record, &again, &LOG, &info), 0);
+        cr_assert_eq(again.n, 4);
+        cr_assert_eq(again.version[3], 4);
+        cr_assert_eq(evlog_size(LOG), good + (off_t)ENC_LEN);
+        evlog_free(LOG);
+        LOG = NULL;
+    }
+}
+
+/* A batch torn by a crash inside a preallocated file is followed by zeros,
+ * not by the end of the file: still a torn tail, cut (room and all). */
+Test(evlog, torn_record_followed_by_zeros_is_a_torn_tail)
+{
+    for (int flags = 0; flags <= EVLOG_PREALLOCATED; flags += EVLOG_PREALLOCATED) {
+        ENC_LEN = 0;
+        encode(1, 0);
+        encode(2, 0);
+        size_t good = EVLOG_MAGIC_LEN + ENC_LEN;
+        size_t third = encode(3, 0);
+        size_t zeros = 64 << 10, n = good + third + zeros;
+        uint8_t *img = calloc(1, n);
+        memcpy(img, EVLOG_MAGIC, EVLOG_MAGIC_LEN);
+        memcpy(img + EVLOG_MAGIC_LEN, ENC, ENC_LEN);
+        img[good + third - 1] ^= 0xff;   /* its last bytes never reached the disk */
+        write_file(img, n);
+        free(img);
+        struct seen s = { 0 };
+        struct evlog_open_info info;
+        int rc = evlog_open(PATH, flags, on_record, &s, &LOG, &info);
+        cr_assert_eq(rc, 0, "flags %d: %d (%s)", flags, rc, info.detail);
+        cr_assert_eq(s.n, 2);
+        cr_assert_eq(info.truncated_bytes, (off_t)(flags ? third : third + zeros));
+        cr_assert_eq(file_size(), (off_t)good);
+        evlog_free(LOG);
+        LOG = NULL;
+    }
+}
+
+/* Zeros where a record should start, with a record after them: not room,
+ * a damaged file, left as it is. */
+Test(evlog, zeros_before_a_record_are_corruption_even_preallocated)
+{
+    ENC_LEN = 0;
+    encode(1, 0);
+    size_t first = ENC_LEN;
+    encode(2, 0);
+    size_t n = EVLOG_MAGIC_LEN + ENC_LEN + 16;
+    uint8_t *img = calloc(1, n);
+    memcpy(img, EVLOG_MAGIC, EVLOG_MAGIC_LEN);
+    memcpy(img + EVLOG_MAGIC_LEN, ENC, first);
+    memcpy(img + EVLOG_MAGIC_LEN + first + 16, ENC + first, ENC_LEN - first);
+    write_file(img, n);
+    free(img);
+    struct evlog_open_info info;
+    cr_assert_eq(evlog_open(PATH, EVLOG_PREALLOCATED, NULL, NULL, &LOG, &info), EVLOG_CORRUPT);
+    cr_assert_null(LOG);
+    cr_assert_eq(file_size(), (off_t)n, "a damaged file was changed");
+}
+
+Test(evlog, preallocate_then_trim)
+{
+    struct evlog_open_info info;
+    cr_assert_eq(evlog_open(PATH, EVLOG_CREATE, NULL, NULL, &LOG, &info), 0);
+    cr_assert_eq(evlog_preallocate(LOG, 1 << 20), 0, "%s", strerror(errno));
+    cr_assert_eq(file_size(), 1 << 20);
+    ENC_LEN = 0;
+    encode(1, 0);
+    cr_assert_eq(evlog_append(LOG, ENC, ENC_LEN, 1), 0);
+    cr_assert_eq(evlog_trim(LOG), 0);
+    cr_assert_eq(file_size(), (off_t)(EVLOG_MAGIC_LEN + ENC_LEN));
+    evlog_free(LOG);
+    LOG = NULL;
+    struct seen s = { 0 };
+    cr_assert_eq(evlog_open(PATH, 0, on_record, &s, &LOG, &info), 0);
+    cr_assert_eq(s.n, 1);
+    cr_assert_eq(info.truncated_bytes, 0);
+}
+
 Test(evlog, version_gap_is_corruption)
 {
     encode(1, 0);
