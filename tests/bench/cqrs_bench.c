@@ -38,7 +38,9 @@
  *              (100-byte appends to a fresh file, each followed by
  *              fdatasync, for at least 2 s and 2,000 appends, in the data
  *              directory: the spawned cqrsd's with --spawn, else --data-dir,
- *              default var), socket_rtt_us (median round trip of 1 byte over
+ *              default var), fdatasync_prealloc_per_s (the same 100-byte
+ *              records written one after another into a file fallocated
+ *              to 64 MB first, as the journal's segments are), socket_rtt_us (median round trip of 1 byte over
  *              a socketpair between this process and a forked echo child,
  *              10,000 times) and spawn_us (median posix_spawn + waitpid of
  *              /bin/true, 2,000 times)
@@ -160,6 +162,7 @@
 #define SCALE_EVENT_HEARTBEAT_TIMEOUT_MS 600000   /* a long stream loads without heartbeats */
 #define LIMITS_SYNCS 2000             /* limits: at least this many appends + fdatasync ... */
 #define LIMITS_SYNC_S 2.0             /* ... and for at least this long */
+#define LIMITS_PREALLOC (64 << 20)    /* limits: the preallocated file (segment_mb's default) */
 #define LIMITS_RTTS 10000             /* socketpair round trips */
 #define LIMITS_SPAWNS 2000            /* posix_spawn + waitpid of /bin/true */
 #define READMODEL_CHILD "readmodel"   /* the projector child's name */
@@ -1458,8 +1461,11 @@ out:
 
 /* 100-byte appends to a fresh file in `dir`, each followed by fdatasync, until
  * there were LIMITS_SYNCS of them and LIMITS_SYNC_S passed. *lat_out gets the
- * time of each (us; free it), *n_out their number, *secs_out the time of all. */
-static int measure_fdatasync(const char *dir, double **lat_out, size_t *n_out, double *secs_out)
+ * time of each (us; free it), *n_out their number, *secs_out the time of all.
+ * With `prealloc`, the file is first fallocated to LIMITS_PREALLOC bytes and
+ * the records written one after the other into it, as the journal does. */
+static int measure_fdatasync(const char *dir, int prealloc, double **lat_out, size_t *n_out,
+                             double *secs_out)
 {
     char path[4096];
     *lat_out = NULL;
@@ -1467,9 +1473,16 @@ static int measure_fdatasync(const char *dir, double **lat_out, size_t *n_out, d
         errno = ENAMETOOLONG;
         return -1;
     }
-    int fd = mkostemp(path, O_APPEND | O_CLOEXEC);
+    int fd = mkostemp(path, (prealloc ? 0 : O_APPEND) | O_CLOEXEC);
     if (fd < 0)
         return -1;
+    if (prealloc && (fallocate(fd, 0, 0, LIMITS_PREALLOC) < 0 || fsync(fd) < 0)) {
+        int e = errno;
+        close(fd);
+        unlink(path);
+        errno = e;
+        return -1;
+    }
     uint8_t rec[100];
     memset(rec, 'r', sizeof rec);
     size_t n = 0, cap = 0;
@@ -1488,7 +1501,9 @@ static int measure_fdatasync(const char *dir, double **lat_out, size_t *n_out, d
             cap = ncap;
         }
         double a = now_s();
-        if (write_all(fd, rec, sizeof rec) < 0 || fdatasync(fd) < 0) {
+        if ((prealloc ? pwrite(fd, rec, sizeof rec, (off_t)(n * sizeof rec)) != (ssize_t)sizeof rec
+                      : write_all(fd, rec, sizeof rec) < 0) ||
+            fdatasync(fd) < 0) {
             rc = -1;
             break;
         }
@@ -1559,17 +1574,22 @@ static int measure_socket_rtt(double *lat, size_t n)
 
 static int run_limits(const struct bench *b, const char *data_dir)
 {
-    double *sync_lat = NULL, secs = 0;
-    size_t n_sync = 0;
+    double *sync_lat = NULL, secs = 0, *pre_lat = NULL, pre_secs = 0;
+    size_t n_sync = 0, n_pre = 0;
     double *rtt = calloc(LIMITS_RTTS, sizeof *rtt), *spawn = calloc(LIMITS_SPAWNS, sizeof *spawn);
     int rc = -1;
     if (!rtt || !spawn) {
         fprintf(stderr, "cqrs-bench: limits: out of memory\n");
         goto out;
     }
-    if (measure_fdatasync(data_dir, &sync_lat, &n_sync, &secs) < 0) {
+    if (measure_fdatasync(data_dir, 0, &sync_lat, &n_sync, &secs) < 0) {
         fprintf(stderr, "cqrs-bench: limits: appends + fdatasync in %s: %s\n", data_dir,
                 strerror(errno));
+        goto out;
+    }
+    if (measure_fdatasync(data_dir, 1, &pre_lat, &n_pre, &pre_secs) < 0) {
+        fprintf(stderr, "cqrs-bench: limits: writes into a preallocated file + fdatasync in %s: "
+                "%s\n", data_dir, strerror(errno));
         goto out;
     }
     if (measure_socket_rtt(rtt, LIMITS_RTTS) < 0) {
@@ -1582,7 +1602,8 @@ static int run_limits(const struct bench *b, const char *data_dir)
             goto out;
         }
     double per_s = secs > 0 ? n_sync / secs : 0;
-    struct pcts ps = pcts_of(sync_lat, n_sync);
+    double pre_per_s = pre_secs > 0 ? n_pre / pre_secs : 0;
+    struct pcts ps = pcts_of(sync_lat, n_sync), pre = pcts_of(pre_lat, n_pre);
     struct pcts pr = pcts_of(rtt, LIMITS_RTTS);
     struct pcts pp = pcts_of(spawn, LIMITS_SPAWNS);
     if (b->json) {
@@ -1590,23 +1611,27 @@ static int run_limits(const struct bench *b, const char *data_dir)
         json_string(data_dir);
         printf(",\"fdatasync_per_s\":%.0f,\"fdatasync_iterations\":%zu,\"fdatasync_seconds\":%.3f,"
                "\"fdatasync_p50_us\":%.1f,\"fdatasync_p99_us\":%.1f,\"fdatasync_p999_us\":%.1f,"
+               "\"fdatasync_prealloc_per_s\":%.0f,\"fdatasync_prealloc_p50_us\":%.1f,"
                "\"socket_rtt_us\":%.2f,\"socket_rtt_iterations\":%d,\"socket_rtt_p99_us\":%.2f,"
                "\"socket_rtt_p999_us\":%.2f,\"spawn_us\":%.1f,\"spawn_iterations\":%d,"
                "\"spawn_p99_us\":%.1f,\"spawn_p999_us\":%.1f}\n",
-               per_s, n_sync, secs, ps.p50, ps.p99, ps.p999, pr.p50, LIMITS_RTTS, pr.p99, pr.p999,
+               per_s, n_sync, secs, ps.p50, ps.p99, ps.p999, pre_per_s, pre.p50, pr.p50,
+               LIMITS_RTTS, pr.p99, pr.p999,
                pp.p50, LIMITS_SPAWNS, pp.p99, pp.p999);
     } else
         printf("limits     %s: fdatasync_per_s %.0f (%zu appends of 100 bytes + fdatasync in "
-               "%.3f s; each p50 %.1f us, p99 %.1f us, p999 %.1f us); socket_rtt_us %.2f "
+               "%.3f s; each p50 %.1f us, p99 %.1f us, p999 %.1f us); fdatasync_prealloc_per_s "
+               "%.0f (the same into a fallocated file; p50 %.1f us); socket_rtt_us %.2f "
                "(median of %d round trips of 1 byte over a socketpair; p99 %.2f, p999 %.2f); "
                "spawn_us %.1f (median of %d posix_spawn + waitpid of /bin/true; p99 %.1f, "
                "p999 %.1f)\n",
-               data_dir, per_s, n_sync, secs, ps.p50, ps.p99, ps.p999, pr.p50, LIMITS_RTTS,
+               data_dir, per_s, n_sync, secs, ps.p50, ps.p99, ps.p999, pre_per_s, pre.p50, pr.p50,
+               LIMITS_RTTS,
                pr.p99, pr.p999, pp.p50, LIMITS_SPAWNS, pp.p99, pp.p999);
     fflush(stdout);
     rc = 0;
 out:
-    free(sync_lat), free(rtt), free(spawn);
+    free(sync_lat), free(pre_lat), free(rtt), free(spawn);
     return rc;
 }
 
