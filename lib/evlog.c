@@ -16,6 +16,7 @@
 #include "crc32c.h"
 #include "durable.h"
 #include "frame.h"
+#include "pbarena.h"
 
 struct evlog {
     int fd;               /* -1 while parked */
@@ -123,6 +124,9 @@ static int evlog_scan(int fd, const uint8_t *buf, off_t size, off_t pos, evlog_r
                       off_t *good_end, off_t *zeros_from)
 {
     *zeros_from = size;
+    _Alignas(16) uint8_t mem[4096];   /* each record is decoded here, then forgotten */
+    struct pbarena arena;
+    pbarena_init(&arena, mem, sizeof mem);
     while (pos < size) {
         off_t left = size - pos;
         if (left < EVLOG_HEADER_LEN)
@@ -151,15 +155,17 @@ static int evlog_scan(int fd, const uint8_t *buf, off_t size, off_t pos, evlog_r
             }
             return evlog_corrupt(info, "record at byte %lld fails its checksum", pos);
         }
-        Cqrs__EventRecord *rec = cqrs__event_record__unpack(NULL, len, payload);
-        if (!rec)
+        Cqrs__EventRecord *rec = cqrs__event_record__unpack(&arena.alloc, len, payload);
+        if (!rec) {
+            pbarena_reset(&arena);
             return evlog_corrupt(info, "record at byte %lld does not decode", pos);
+        }
         if (check_versions && rec->version != info->records + 1) {
-            cqrs__event_record__free_unpacked(rec, NULL);
+            pbarena_reset(&arena);
             return evlog_corrupt(info, "record at byte %lld is out of version sequence", pos);
         }
         int rc = fn ? fn(arg, rec, pos, (size_t)(end - pos)) : 0;
-        cqrs__event_record__free_unpacked(rec, NULL);
+        pbarena_reset(&arena);
         if (rc != 0)
             return rc;
         info->records++;

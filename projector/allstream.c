@@ -16,6 +16,7 @@
 #include "crc32c.h"
 #include "frame.h"
 #include "layout.h"
+#include "pbarena.h"
 
 #define AS_CHECKPOINT "$checkpoint"      /* worker/journal.h's JOURNAL_CHECKPOINT */
 #define AS_STRIDE 1024                   /* a mark every this many positions of a segment */
@@ -37,15 +38,6 @@ struct as_buf {
     uint8_t *p;
     size_t cap, len;
     off_t off;              /* file offset of p[0] */
-};
-
-/* Memory for decoding one record, given back all at once. */
-struct as_arena {
-    uint8_t *p;
-    size_t cap, used;
-    size_t spill;           /* bytes malloc'ed beside it since the last reset */
-    void **big;
-    size_t nbig, capbig;
 };
 
 struct as_seg {
@@ -100,8 +92,7 @@ struct allstream {
     ino_t cur_ino;
     off_t cur_off;
     struct as_buf buf;
-    struct as_arena arena;
-    ProtobufCAllocator alloc;
+    struct pbarena arena;       /* decoding memory, one record at a time */
     struct as_files files;
     /* the read in progress */
     allstream_fn fn;
@@ -199,53 +190,6 @@ static int as_fill(struct as_buf *b, int fd, off_t off, size_t n, size_t chunk,
     return 1;
 }
 
-static void *as_alloc(void *data, size_t n)
-{
-    struct as_arena *a = data;
-    n = (n + 15) & ~(size_t)15;
-    if (n <= a->cap - a->used) {
-        void *r = a->p + a->used;
-        a->used += n;
-        return r;
-    }
-    if (a->nbig == a->capbig) {
-        size_t ncap = a->capbig ? a->capbig * 2 : 16;
-        void **nb = realloc(a->big, ncap * sizeof *nb);
-        if (!nb)
-            return NULL;
-        a->big = nb;
-        a->capbig = ncap;
-    }
-    void *r = malloc(n);
-    if (!r)
-        return NULL;
-    a->big[a->nbig++] = r;
-    a->spill += n;
-    return r;
-}
-
-static void as_free(void *data, void *ptr)
-{
-    (void)data, (void)ptr;   /* all at once, by as_arena_reset */
-}
-
-static void as_arena_reset(struct as_arena *a)
-{
-    for (size_t i = 0; i < a->nbig; i++)
-        free(a->big[i]);
-    a->nbig = 0;
-    if (a->spill && a->cap + a->spill <= AS_ARENA_MAX) {
-        uint8_t *p = malloc(a->cap + a->spill);
-        if (p) {
-            free(a->p);
-            a->p = p;
-            a->cap += a->spill;
-        }
-    }
-    a->spill = 0;
-    a->used = 0;
-}
-
 static int as_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
 {
     *v = 0;
@@ -309,9 +253,9 @@ static Cqrs__EventRecord *as_decode(struct allstream *as, const uint8_t *h, uint
         *why = "fails its checksum";
         return NULL;
     }
-    Cqrs__EventRecord *rec = cqrs__event_record__unpack(&as->alloc, len, h + EVLOG_HEADER_LEN);
+    Cqrs__EventRecord *rec = cqrs__event_record__unpack(&as->arena.alloc, len, h + EVLOG_HEADER_LEN);
     if (!rec) {
-        as_arena_reset(&as->arena);
+        pbarena_reset(&as->arena);
         *why = "does not decode";
     }
     return rec;
@@ -328,7 +272,7 @@ static int as_call(struct allstream *as, const Cqrs__EventRecord *rec, const uin
                    uint32_t len)
 {
     int rc = as->fn(as->arg, rec, h + EVLOG_HEADER_LEN, len);
-    as_arena_reset(&as->arena);
+    pbarena_reset(&as->arena);
     return rc;
 }
 
@@ -529,7 +473,7 @@ static int as_segment(struct allstream *as, size_t i, uint64_t lo, uint64_t hi, 
                 break;
             }
             if (strcmp(rec->type, AS_CHECKPOINT) == 0) {
-                as_arena_reset(&as->arena);
+                pbarena_reset(&as->arena);
                 continue;
             }
             position = rec->position;
@@ -545,7 +489,7 @@ static int as_segment(struct allstream *as, size_t i, uint64_t lo, uint64_t hi, 
                     break;
                 continue;
             }
-            as_arena_reset(&as->arena);
+            pbarena_reset(&as->arena);
         }
         if (position != expect) {
             rc = as_corrupt(as, "%s: record at byte %lld has position %" PRIu64 ", expected %"
@@ -890,7 +834,7 @@ static int as_files_deliver(struct allstream *as, uint64_t lo, uint64_t hi)
         if (!rec)
             goto bad;
         if (rec->position != p || strcmp(rec->type, AS_CHECKPOINT) == 0) {
-            as_arena_reset(&as->arena);
+            pbarena_reset(&as->arena);
             why = "has changed since the scan";
             goto bad;
         }
@@ -937,15 +881,14 @@ static int as_files_read(struct allstream *as, uint64_t lo, uint64_t hi, uint64_
 struct allstream *allstream_open(const char *type_dir)
 {
     struct allstream *as = calloc(1, sizeof *as);
-    if (!as || !(as->dir = strdup(type_dir)) || !(as->arena.p = malloc(AS_ARENA))) {
+    if (!as || !(as->dir = strdup(type_dir)) ||
+        pbarena_init_own(&as->arena, AS_ARENA, AS_ARENA_MAX) < 0) {
         if (as)
             free(as->dir);
         free(as);
         errno = ENOMEM;
         return NULL;
     }
-    as->arena.cap = AS_ARENA;
-    as->alloc = (ProtobufCAllocator){ as_alloc, as_free, &as->arena };
     as->buf.fd = -1;
     for (size_t k = 0; k < AS_FDS; k++)
         as->files.fds[k].fd = -1;
@@ -961,9 +904,7 @@ void allstream_free(struct allstream *as)
         free(as->segs[i].marks);
     free(as->segs);
     free(as->buf.p);
-    as_arena_reset(&as->arena);
-    free(as->arena.p);
-    free(as->arena.big);
+    pbarena_free(&as->arena);
     free(as->files.names);
     free(as->files.files);
     free(as->files.slots);

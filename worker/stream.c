@@ -3,6 +3,7 @@
 
 #include "crc32c.h"
 #include "frame.h"
+#include "pbarena.h"
 #include "snapshot.h"
 
 #include <errno.h>
@@ -52,15 +53,19 @@ static int stream_evolve(struct stream *s, const char *type, const uint8_t *data
         errno = EPROTO;
         return -1;
     }
-    ProtobufCMessage *ev = protobuf_c_message_unpack(d, NULL, len, data);
+    _Alignas(16) uint8_t mem[1024];   /* the event is decoded here, then forgotten */
+    struct pbarena arena;
+    pbarena_init(&arena, mem, sizeof mem);
+    ProtobufCMessage *ev = protobuf_c_message_unpack(d, &arena.alloc, len, data);
     if (!ev) {
+        pbarena_reset(&arena);
         errno = EPROTO;
         return -1;
     }
     errno = 0;
     int rc = s->type->evolve(s->state, ev);
     int e = errno;
-    protobuf_c_message_free_unpacked(ev, NULL);
+    pbarena_reset(&arena);
     if (rc < 0)
         errno = e == ENOMEM ? ENOMEM : EINVAL;
     return rc;
