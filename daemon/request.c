@@ -86,12 +86,13 @@ static Cqrs__Status request_check_body(const Cqrs__Request *req, const struct re
     return CQRS__STATUS__OK;
 }
 
-Cqrs__Status request_check(const uint8_t *body, size_t len, const struct request_limits *lim,
-                           Cqrs__Request **out, uint64_t *id, char *err, size_t errlen)
+Cqrs__Status request_check(const uint8_t *body, size_t len, ProtobufCAllocator *alloc,
+                           const struct request_limits *lim, Cqrs__Request **out, uint64_t *id,
+                           char *err, size_t errlen)
 {
     *out = NULL;
     *id = 0;
-    Cqrs__Request *req = cqrs__request__unpack(NULL, len, body);
+    Cqrs__Request *req = cqrs__request__unpack(alloc, len, body);
     if (!req)
         return request_invalid(err, errlen, "request does not decode as cqrs.Request");
     *id = req->id;
@@ -103,7 +104,7 @@ Cqrs__Status request_check(const uint8_t *body, size_t len, const struct request
     else
         st = request_check_body(req, lim, err, errlen);
     if (st != CQRS__STATUS__OK) {
-        cqrs__request__free_unpacked(req, NULL);
+        cqrs__request__free_unpacked(req, alloc);
         return st;
     }
     *out = req;

@@ -27,10 +27,12 @@ struct request_limits {
 
 void request_limits_default(struct request_limits *lim);
 
-/* CQRS__STATUS__OK with *out the decoded request (cqrs__request__free_unpacked
- * it), or CQRS__STATUS__INVALID with *out NULL and one sentence in `err`;
- * *id is the request's id when it decoded (0 otherwise), for the reply. */
-Cqrs__Status request_check(const uint8_t *body, size_t len, const struct request_limits *lim,
-                           Cqrs__Request **out, uint64_t *id, char *err, size_t errlen);
+/* CQRS__STATUS__OK with *out the request decoded with `alloc` (NULL:
+ * malloc; cqrs__request__free_unpacked it with the same), or
+ * CQRS__STATUS__INVALID with *out NULL and one sentence in `err`; *id is
+ * the request's id when it decoded (0 otherwise), for the reply. */
+Cqrs__Status request_check(const uint8_t *body, size_t len, ProtobufCAllocator *alloc,
+                           const struct request_limits *lim, Cqrs__Request **out, uint64_t *id,
+                           char *err, size_t errlen);
 
 #endif

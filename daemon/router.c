@@ -23,6 +23,7 @@
 #include "frame.h"
 #include "flush.h"
 #include "log.h"
+#include "pbarena.h"
 #include "pbwire.h"
 #include "request.h"
 
@@ -433,7 +434,12 @@ static void router_on_frame(struct router *r, struct conn *c, const uint8_t *bod
     Cqrs__Request *req;
     uint64_t id;
     char err[300];
-    if (request_check(body, len, &r->cfg.limits, &req, &id, err, sizeof err) != CQRS__STATUS__OK) {
+    _Alignas(16) uint8_t mem[2048];   /* the request is decoded here, then forgotten */
+    struct pbarena arena;
+    pbarena_init(&arena, mem, sizeof mem);
+    if (request_check(body, len, &arena.alloc, &r->cfg.limits, &req, &id, err, sizeof err) !=
+        CQRS__STATUS__OK) {
+        pbarena_reset(&arena);
         router_error(c, id, CQRS__STATUS__INVALID, "%s", err);
         return;
     }
@@ -461,7 +467,7 @@ static void router_on_frame(struct router *r, struct conn *c, const uint8_t *bod
         else if (control_reply(r->sup, req->id, req->control, bufferevent_get_output(c->bev)) < 0)
             c->closing = 1;
     }
-    cqrs__request__free_unpacked(req, NULL);
+    pbarena_reset(&arena);
 }
 
 /* Replies waiting for a client that does not read them: past this, cqrsd

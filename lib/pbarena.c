@@ -55,6 +55,11 @@ void pbarena_reset(struct pbarena *a)
     for (size_t i = 0; i < a->nbig; i++)
         free(a->big[i]);
     a->nbig = 0;
+    if (!a->max) {   /* over a caller's buffer: nothing may outlive the reset */
+        free(a->big);
+        a->big = NULL;
+        a->capbig = 0;
+    }
     if (a->max && a->spill && a->cap + a->spill <= a->max) {
         uint8_t *p = malloc(a->cap + a->spill);
         if (p) {

@@ -29,7 +29,8 @@ struct pbarena {
 void pbarena_init(struct pbarena *a, void *buf, size_t cap);
 /* Over a buffer of its own, `cap` bytes growing up to `max`. 0, or -1 (ENOMEM). */
 int pbarena_init_own(struct pbarena *a, size_t cap, size_t max);
-/* Everything handed out is given back at once. */
+/* Everything handed out is given back at once. An arena over a caller's
+ * buffer holds nothing after it: it needs no pbarena_free. */
 void pbarena_reset(struct pbarena *a);
 void pbarena_free(struct pbarena *a);
 

@@ -17,6 +17,7 @@
 #include "frame.h"
 #include "idtable.h"
 #include "log.h"
+#include "pbarena.h"
 #include "pbwire.h"
 #include "layout.h"
 #include "store.h"
@@ -455,7 +456,8 @@ static void host_mark_dirty(struct host *h, struct stream *s)
     }
 }
 
-static void host_command(struct host *h, uint64_t tag, uint64_t id, const Cqrs__Command *cmd)
+static void host_command(struct host *h, uint64_t tag, uint64_t id, const Cqrs__Command *cmd,
+                         ProtobufCAllocator *alloc)
 {
     const struct aggregate_type *t = h->type;
     struct stream *s = host_stream(h, cmd->aggregate_id);
@@ -495,7 +497,7 @@ static void host_command(struct host *h, uint64_t tag, uint64_t id, const Cqrs__
         host_fail(h, tag, id, CQRS__STATUS__INVALID, "%s has no command \"%s\"", t->name, cmd->name);
         return;
     }
-    ProtobufCMessage *msg = protobuf_c_message_unpack(d, NULL, cmd->payload.len, cmd->payload.data);
+    ProtobufCMessage *msg = protobuf_c_message_unpack(d, alloc, cmd->payload.len, cmd->payload.data);
     if (!msg) {
         host_fail(h, tag, id, CQRS__STATUS__INVALID, "payload does not decode as %s", d->name);
         return;
@@ -539,7 +541,7 @@ static void host_command(struct host *h, uint64_t tag, uint64_t id, const Cqrs__
         }
     }
     agg_decision_clear(&dec);
-    protobuf_c_message_free_unpacked(msg, NULL);
+    protobuf_c_message_free_unpacked(msg, alloc);
 }
 
 static void host_query(struct host *h, uint64_t tag, uint64_t id, const Cqrs__Query *q)
@@ -630,8 +632,12 @@ static void host_verify(struct host *h, uint64_t tag, uint64_t id, const char *s
 
 void host_request(struct host *h, uint64_t tag, const uint8_t *body, size_t len)
 {
-    Cqrs__Request *req = cqrs__request__unpack(NULL, len, body);
+    _Alignas(16) uint8_t mem[4096];   /* the request and its payload are decoded here */
+    struct pbarena arena;
+    pbarena_init(&arena, mem, sizeof mem);
+    Cqrs__Request *req = cqrs__request__unpack(&arena.alloc, len, body);
     if (!req) {
+        pbarena_reset(&arena);
         host_fail(h, tag, 0, CQRS__STATUS__INVALID, "request does not decode");
         return;
     }
@@ -657,11 +663,11 @@ void host_request(struct host *h, uint64_t tag, const uint8_t *body, size_t len)
         host_fail(h, tag, req->id, CQRS__STATUS__INVALID,
                   "aggregate id must be 1 to 128 of A-Z a-z 0-9 . _ - and not . or ..");
     } else if (req->body_case == CQRS__REQUEST__BODY_COMMAND) {
-        host_command(h, tag, req->id, req->command);
+        host_command(h, tag, req->id, req->command, &arena.alloc);
     } else {
         host_query(h, tag, req->id, req->query);
     }
-    cqrs__request__free_unpacked(req, NULL);
+    pbarena_reset(&arena);
 }
 
 /* A snapshot every snapshot_every events: loading then replays only the

@@ -83,7 +83,7 @@ static Cqrs__Status check_once(const uint8_t *body, size_t len, const struct req
     char *err = malloc(errlen);
     FUZZ_CHECK(err != NULL, "malloc");
     memset(err, 'x', errlen);
-    Cqrs__Status st = request_check(body, len, lim, out, id, err, errlen);
+    Cqrs__Status st = request_check(body, len, NULL, lim, out, id, err, errlen);
     FUZZ_CHECK(st == CQRS__STATUS__OK || st == CQRS__STATUS__INVALID, "status %d", st);
     if (st == CQRS__STATUS__OK)
         FUZZ_CHECK(*out != NULL, "OK without a request");
