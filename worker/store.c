@@ -472,6 +472,8 @@ struct store *store_open(struct event_base *base, const char *type_dir,
     event_add(st->job_done, NULL);
     struct timeval tv = { opt->checkpoint_ms / 1000, (opt->checkpoint_ms % 1000) * 1000 };
     event_add(st->checkpoint_timer, &tv);
+    if (ji.unchecked)   /* the recovery is checkpointed at once: a crash loop does not redo it */
+        event_active(st->checkpoint_timer, EV_TIMEOUT, 1);
     if (opt->fsync == STORE_FSYNC_BATCH) {
         struct timeval bt = { opt->batch_interval_ms / 1000, (opt->batch_interval_ms % 1000) * 1000 };
         event_add(st->batch_timer, &bt);

@@ -21,7 +21,8 @@
  * contiguous, and each log file byte-for-byte the magic followed by exactly
  * those records (read back with evlog_open, and compared whole). A retry of
  * an acknowledged command id after the recovery gets its first outcome and
- * appends nothing.
+ * appends nothing. The recovery is checkpointed at once (a crash loop would
+ * otherwise check the same journal again at every restart).
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -417,6 +418,17 @@ Test(journal_recovery, every_acknowledged_event_survives_lost_stream_writes)
         expect_state(c, &wallets[k], when);
         expect_events(c, &wallets[k], when);
     }
+
+    /* the recovery is checkpointed at once, not checkpoint_ms (60 s) later:
+     * a worker killed again right away has nothing to check again */
+    struct jscan after = scan_journal();
+    for (int64_t until = harness_ms() + 10000;
+         after.checkpoint < N_WALLETS * PER_WALLET && harness_ms() < until;
+         after = scan_journal())
+        harness_sleep_ms(20);
+    cr_assert_eq(after.checkpoint, N_WALLETS * PER_WALLET,
+                 "no checkpoint of the recovered events (the journal's last is at %llu)",
+                 (unsigned long long)after.checkpoint);
 
     /* retries of acknowledged command ids: the first outcome, nothing new,
      * whatever the retry carries (here another amount) */
