@@ -467,7 +467,8 @@ int evlog_sync(struct evlog *log)
     return 0;
 }
 
-int evlog_read(struct evlog *log, off_t offset, size_t size, Cqrs__EventRecord **out)
+int evlog_read(struct evlog *log, off_t offset, size_t size, ProtobufCAllocator *alloc,
+               Cqrs__EventRecord **out)
 {
     *out = NULL;
     if (evlog_ensure(log) < 0)
@@ -490,7 +491,7 @@ int evlog_read(struct evlog *log, off_t offset, size_t size, Cqrs__EventRecord *
         errno = EIO;
         goto done;
     }
-    *out = cqrs__event_record__unpack(NULL, len, p + EVLOG_HEADER_LEN);
+    *out = cqrs__event_record__unpack(alloc, len, p + EVLOG_HEADER_LEN);
     if (!*out) {
         errno = EIO;
         goto done;

@@ -123,9 +123,10 @@ int evlog_append(struct evlog *log, const uint8_t *buf, size_t len, int sync);
 /* fdatasync (and, for a new file, its directory entry). 0 or -1 with errno. */
 int evlog_sync(struct evlog *log);
 
-/* Reads and decodes the record at `offset` of `size` bytes (as given to the
- * replay callback or returned by evlog_encode). Free with
- * cqrs__event_record__free_unpacked(rec, NULL). */
-int evlog_read(struct evlog *log, off_t offset, size_t size, Cqrs__EventRecord **out);
+/* Reads and decodes, with `alloc` (NULL: malloc), the record at `offset` of
+ * `size` bytes (as given to the replay callback or returned by
+ * evlog_encode). Free with cqrs__event_record__free_unpacked(rec, alloc). */
+int evlog_read(struct evlog *log, off_t offset, size_t size, ProtobufCAllocator *alloc,
+               Cqrs__EventRecord **out);
 
 #endif

@@ -414,20 +414,22 @@ static void host_reply_events(struct host *h, uint64_t tag, uint64_t id, struct 
         }
     }
     size_t n = last >= first ? (size_t)(last - first + 1) : 0;
-    Cqrs__EventRecord **evs = n ? calloc(n, sizeof *evs) : NULL;
+    Cqrs__EventRecord *one, **evs = n == 1 ? &one : n ? calloc(n, sizeof *evs) : NULL;
     if (n && !evs) {
         host_fail(h, tag, id, CQRS__STATUS__INTERNAL, "out of memory reading events");
         return;
     }
+    _Alignas(16) uint8_t mem[4096];   /* the events are decoded here (a command's, mostly) */
+    struct pbarena arena;
+    pbarena_init(&arena, mem, sizeof mem);
     size_t got = 0, bytes = 0;
     for (uint64_t v = first; v <= last && got < n; v++) {
-
-        if (stream_read(s, v, &evs[got]) < 0) {
+        if (stream_read(s, v, &arena.alloc, &evs[got]) < 0) {
             log_error("%s %s: cannot read event %llu: %s", h->type->name, s->id,
                       (unsigned long long)v, strerror(errno));
-            for (size_t i = 0; i < got; i++)
-                cqrs__event_record__free_unpacked(evs[i], NULL);
-            free(evs);
+            pbarena_reset(&arena);
+            if (evs != &one)
+                free(evs);
             host_fail(h, tag, id, CQRS__STATUS__INTERNAL, "cannot read event %llu of %s %s",
                       (unsigned long long)v, h->type->name, s->id);
             return;
@@ -443,9 +445,9 @@ static void host_reply_events(struct host *h, uint64_t tag, uint64_t id, struct 
         r.position = evs[got - 1]->position;
     host_queue(h, tag, id, s, &r);
     host_touch(h, s);   /* reading may have reopened its file */
-    for (size_t i = 0; i < got; i++)
-        cqrs__event_record__free_unpacked(evs[i], NULL);
-    free(evs);
+    pbarena_reset(&arena);
+    if (evs != &one)
+        free(evs);
 }
 
 static void host_mark_dirty(struct host *h, struct stream *s)

@@ -487,7 +487,8 @@ static int stream_locate(struct stream *s, uint64_t version, off_t *off, size_t 
     }
 }
 
-int stream_read(struct stream *s, uint64_t version, Cqrs__EventRecord **out)
+int stream_read(struct stream *s, uint64_t version, ProtobufCAllocator *alloc,
+                Cqrs__EventRecord **out)
 {
     off_t off;
     size_t size;
@@ -502,9 +503,9 @@ int stream_read(struct stream *s, uint64_t version, Cqrs__EventRecord **out)
     if (stream_locate(s, version, &off, &size) < 0)
         return -1;
     if (version <= s->durable)
-        return evlog_read(s->log, off, size, out);
+        return evlog_read(s->log, off, size, alloc, out);
     size_t at = (size_t)(off - stream_base(s)) + EVLOG_HEADER_LEN;
-    *out = cqrs__event_record__unpack(NULL, size - EVLOG_HEADER_LEN, s->pending->data + at);
+    *out = cqrs__event_record__unpack(alloc, size - EVLOG_HEADER_LEN, s->pending->data + at);
     if (!*out) {
         errno = EIO;
         return -1;

@@ -113,9 +113,11 @@ int stream_remember(struct stream *s, const char *command_id, uint64_t first, ui
  * says so). -1 with errno on failure. */
 int stream_commit(struct stream *s, const char *path, int *created);
 
-/* Reads record `version` (1-based) from the file or from pending; a
- * detached stream must be attached first when the record is in its file. */
-int stream_read(struct stream *s, uint64_t version, Cqrs__EventRecord **out);
+/* Reads record `version` (1-based) from the file or from pending, decoded
+ * with `alloc` (NULL: malloc); a detached stream must be attached first
+ * when the record is in its file. */
+int stream_read(struct stream *s, uint64_t version, ProtobufCAllocator *alloc,
+                Cqrs__EventRecord **out);
 
 /* Closes the log file and frees what keeps it, remembering only its size:
  * most loaded streams wait, their files closed (open_files), and cost

@@ -293,7 +293,7 @@ static void check_reads(struct evlog *log, const struct replay *r)
 {
     for (size_t i = 0; i < r->n_seen; i++) {
         Cqrs__EventRecord *rec;
-        int rc = evlog_read(log, r->seen[i].offset, r->seen[i].size, &rec);
+        int rc = evlog_read(log, r->seen[i].offset, r->seen[i].size, NULL, &rec);
         FUZZ_CHECK(rc == 0, "evlog_read of a replayed record: %s", strerror(errno));
         FUZZ_CHECK(rec->version == r->seen[i].version, "evlog_read: another version");
         cqrs__event_record__free_unpacked(rec, NULL);

@@ -279,7 +279,7 @@ Test(evlog, create_append_reopen_replays_the_same_records)
         cr_assert_eq(s.size[i], sizes[i], "record %zu size", i + 1);
 
         Cqrs__EventRecord *r = NULL;
-        cr_assert_eq(evlog_read(LOG, s.offset[i], s.size[i], &r), 0,
+        cr_assert_eq(evlog_read(LOG, s.offset[i], s.size[i], NULL, &r), 0,
                      "evlog_read(%lld, %zu): %s", (long long)s.offset[i], s.size[i], strerror(errno));
         int same = record_is(r, i + 1, 0);
         cqrs__event_record__free_unpacked(r, NULL);
@@ -373,11 +373,11 @@ Test(evlog, read_refuses_a_wrong_size_or_range)
     size_t n = encode(1, 0);
     cr_assert_eq(evlog_append(LOG, ENC, ENC_LEN, 0), 0);
     Cqrs__EventRecord *r = NULL;
-    cr_assert_eq(evlog_read(LOG, EVLOG_MAGIC_LEN, n - 1, &r), -1, "a size off by one must fail");
+    cr_assert_eq(evlog_read(LOG, EVLOG_MAGIC_LEN, n - 1, NULL, &r), -1, "a size off by one must fail");
     cr_assert_null(r);
-    cr_assert_eq(evlog_read(LOG, EVLOG_MAGIC_LEN + 1, n, &r), -1, "past the end must fail");
+    cr_assert_eq(evlog_read(LOG, EVLOG_MAGIC_LEN + 1, n, NULL, &r), -1, "past the end must fail");
     cr_assert_null(r);
-    cr_assert_eq(evlog_read(LOG, EVLOG_MAGIC_LEN, n, &r), 0);
+    cr_assert_eq(evlog_read(LOG, EVLOG_MAGIC_LEN, n, NULL, &r), 0);
     cqrs__event_record__free_unpacked(r, NULL);
 }
 
