@@ -75,9 +75,29 @@ static uint64_t topup(struct cqrs_client *c, const char *id, int64_t amount)
     return v;
 }
 
+/* The wallet worker's WorkerStats as its last heartbeat answer gave them
+ * (heartbeat_ms = 50 below), waiting for a heartbeat after this call. */
+static Cqrs__WorkerStats wallet_stats(struct cqrs_client *c)
+{
+    harness_sleep_ms(150);   /* a heartbeat answered after what came before */
+    Cqrs__Reply *r;
+    cr_assert_eq(cqrs_client_control(c, CQRS__CONTROL__OP__STATUS, NULL, &r), 0);
+    Cqrs__WorkerStats st = CQRS__WORKER_STATS__INIT;
+    int found = 0;
+    for (size_t i = 0; i < r->n_children; i++)
+        if (strcmp(r->children[i]->name, "wallet") == 0 && r->children[i]->stats) {
+            st = *r->children[i]->stats;
+            found = 1;
+        }
+    cqrs__reply__free_unpacked(r, NULL);
+    cr_assert(found, "STATUS has no counters for the wallet worker");
+    return st;
+}
+
 Test(limits, hundred_thousand_streams_within_open_files_and_max_aggregates)
 {
     daemon_start_conf(&d,
+                      "[supervisor]\nheartbeat_ms = 50\n"
                       "[storage]\nfsync = never\nopen_files = 64\nmax_aggregates = 1000\n"
                       "[child wallet]\n[child account]\n", NULL);
     pid_t worker = daemon_child_pid(&d, "wallet");
@@ -121,6 +141,10 @@ Test(limits, hundred_thousand_streams_within_open_files_and_max_aggregates)
     cr_assert_leq(max_open, OPEN_FILES, "%d stream log files open, limit %d", max_open, OPEN_FILES);
     cr_assert_leq(open_stream_logs(worker), OPEN_FILES);
     cr_assert_eq(daemon_child_pid(&d, "wallet"), worker, "the worker restarted under the load");
+    Cqrs__WorkerStats st = wallet_stats(c);
+    cr_assert_leq(st.aggregates, 1000, "%llu aggregates in memory, max_aggregates 1000",
+                  (unsigned long long)st.aggregates);
+    cr_assert_leq(st.open_files, OPEN_FILES);
 
     /* the first wallets were evicted long ago: they come back from their files */
     for (int i = 0; i < 50; i++) {
@@ -131,5 +155,43 @@ Test(limits, hundred_thousand_streams_within_open_files_and_max_aggregates)
     cr_log_info("wallet worker RSS after 100,000 streams with max_aggregates = 1000: %ld kB", kb);
     /* generous: 100,000 aggregates kept in memory would be far beyond it */
     cr_assert_lt(kb, 400 * 1024, "worker RSS %ld kB", kb);
+    cqrs_client_free(c);
+}
+
+/* idle_timeout_s: an aggregate unused that long leaves memory (the worker
+ * sweeps its table every second at this setting); one used meanwhile stays,
+ * and an evicted one comes back from its file at the next command. */
+Test(limits, idle_aggregates_leave_memory_and_come_back)
+{
+    daemon_start_conf(&d,
+                      "[supervisor]\nheartbeat_ms = 50\n"
+                      "[storage]\nfsync = never\nidle_timeout_s = 2\n"
+                      "[child wallet]\n[child account]\n", NULL);
+    struct cqrs_client *c = daemon_connect(&d);
+    char id[32];
+    for (int i = 0; i < 20; i++) {
+        snprintf(id, sizeof id, "idle-%d", i);
+        cr_assert_eq(topup(c, id, 1), 1);
+    }
+    cr_assert_eq(wallet_stats(c).aggregates, 20);
+
+    /* keep idle-0 busy while the others age past the timeout */
+    Cqrs__WorkerStats st = wallet_stats(c);
+    uint64_t v = 1;
+    for (int64_t until = harness_ms() + 15000; st.aggregates > 1 && harness_ms() < until;) {
+        v = topup(c, "idle-0", 1);
+        harness_sleep_ms(200);
+        st = wallet_stats(c);
+    }
+    cr_assert_eq(st.aggregates, 1, "%llu aggregates still in memory after 15 s; idle_timeout_s 2",
+                 (unsigned long long)st.aggregates);
+    cr_assert_gt(v, 1);
+
+    /* the evicted ones come back at the version their file holds */
+    for (int i = 1; i < 20; i++) {
+        snprintf(id, sizeof id, "idle-%d", i);
+        cr_assert_eq(topup(c, id, 1), 2, "%s did not continue at version 2", id);
+    }
+    cr_assert_eq(wallet_stats(c).aggregates, 20);
     cqrs_client_free(c);
 }
