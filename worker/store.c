@@ -34,6 +34,10 @@ struct store_job {
     char *failed_path;
 };
 
+/* After a recovery, the first checkpoint comes this soon (unless checkpoint_ms
+ * is sooner still). */
+#define STORE_RECOVERED_CHECKPOINT_MS 100
+
 struct store {
     struct event_base *base;
     char *type_dir;
@@ -52,6 +56,7 @@ struct store {
     struct strset *new_dirs;    /* folders whose entries changed since then */
     int repair, force_repair;
     struct event *checkpoint_timer, *batch_timer, *job_done;
+    struct event *recovered_timer;   /* the first checkpoint after a recovery */
     pthread_t thread;
     int thread_started;
     pthread_mutex_t mu;
@@ -472,8 +477,15 @@ struct store *store_open(struct event_base *base, const char *type_dir,
     event_add(st->job_done, NULL);
     struct timeval tv = { opt->checkpoint_ms / 1000, (opt->checkpoint_ms % 1000) * 1000 };
     event_add(st->checkpoint_timer, &tv);
-    if (ji.unchecked)   /* the recovery is checkpointed at once: a crash loop does not redo it */
-        event_active(st->checkpoint_timer, EV_TIMEOUT, 1);
+    if (ji.unchecked) {
+        /* the recovery is checkpointed soon, not checkpoint_ms later, so that
+         * a crash loop does not check the same journal at every start; not
+         * at once: its syncs would hold up the first commands' */
+        struct timeval soon = { 0, STORE_RECOVERED_CHECKPOINT_MS * 1000 };
+        if (opt->checkpoint_ms > STORE_RECOVERED_CHECKPOINT_MS &&
+            (st->recovered_timer = evtimer_new(base, store_on_checkpoint_timer, st)) != NULL)
+            evtimer_add(st->recovered_timer, &soon);
+    }
     if (opt->fsync == STORE_FSYNC_BATCH) {
         struct timeval bt = { opt->batch_interval_ms / 1000, (opt->batch_interval_ms % 1000) * 1000 };
         event_add(st->batch_timer, &bt);
@@ -501,6 +513,8 @@ void store_free(struct store *st)
         event_free(st->job_done);
     if (st->checkpoint_timer)
         event_free(st->checkpoint_timer);
+    if (st->recovered_timer)
+        event_free(st->recovered_timer);
     if (st->batch_timer)
         event_free(st->batch_timer);
     if (st->pipe[0] >= 0)
