@@ -21,7 +21,7 @@
  * contiguous, and each log file byte-for-byte the magic followed by exactly
  * those records (read back with evlog_open, and compared whole). A retry of
  * an acknowledged command id after the recovery gets its first outcome and
- * appends nothing. The recovery is checkpointed at once (a crash loop would
+ * appends nothing. The recovery is checkpointed soon (100 ms; a crash loop would
  * otherwise check the same journal again at every restart).
  */
 #include <criterion/criterion.h>
@@ -419,7 +419,7 @@ Test(journal_recovery, every_acknowledged_event_survives_lost_stream_writes)
         expect_events(c, &wallets[k], when);
     }
 
-    /* the recovery is checkpointed at once, not checkpoint_ms (60 s) later:
+    /* the recovery is checkpointed soon, not checkpoint_ms (60 s) later:
      * a worker killed again right away has nothing to check again */
     struct jscan after = scan_journal();
     for (int64_t until = harness_ms() + 10000;
