@@ -25,6 +25,7 @@
 #include "verify.h"
 
 #define HOST_EVENTS_REPLY_MAX (900u << 10)   /* bytes of events in one reply */
+#define HOST_RAW_EVENTS 16   /* a command's reply with up to this many events copies their bytes */
 
 struct host_reply {
     uint64_t tag;
@@ -276,18 +277,23 @@ static int64_t host_now_us(void)
 
 /* Packs `r` as the reply to request (tag, id). Out of memory while packing
  * a reply leaves no way to answer: the worker dies and is restarted. */
+static int host_grow_replies(struct host *h)
+{
+    size_t ncap = h->cap_replies ? h->cap_replies * 2 : 64;
+    struct host_reply *n = realloc(h->replies, ncap * sizeof *n);
+    if (!n)
+        return -1;
+    h->replies = n;
+    h->cap_replies = ncap;
+    return 0;
+}
+
 static void host_queue(struct host *h, uint64_t tag, uint64_t id, struct stream *s, Cqrs__Reply *r)
 {
     r->id = id;
-    if (h->n_replies == h->cap_replies) {
-        size_t ncap = h->cap_replies ? h->cap_replies * 2 : 64;
-        struct host_reply *n = realloc(h->replies, ncap * sizeof *n);
-        if (!n) {
-            log_error("out of memory queueing a reply");
-            abort();
-        }
-        h->replies = n;
-        h->cap_replies = ncap;
+    if (h->n_replies == h->cap_replies && host_grow_replies(h) < 0) {
+        log_error("out of memory queueing a reply");
+        abort();
     }
     size_t len = cqrs__reply__get_packed_size(r);
     uint8_t *bytes = malloc(len ? len : 1);
@@ -296,6 +302,42 @@ static void host_queue(struct host *h, uint64_t tag, uint64_t id, struct stream 
         abort();
     }
     cqrs__reply__pack(r, bytes);
+    h->replies[h->n_replies++] = (struct host_reply){ tag, id, s, bytes, len };
+}
+
+static size_t host_varint(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    do {
+        p[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    return n;
+}
+
+/* A command's reply: `r` packed, then its n events as they were encoded
+ * into the stream (Reply.events, field 5), not decoded and packed again. */
+static void host_queue_records(struct host *h, uint64_t tag, uint64_t id, struct stream *s,
+                               Cqrs__Reply *r, const uint8_t *const *recs, const size_t *lens,
+                               size_t n)
+{
+    r->id = id;
+    uint8_t hdr[11];
+    size_t len = cqrs__reply__get_packed_size(r);
+    for (size_t i = 0; i < n; i++)
+        len += 1 + host_varint(hdr, lens[i]) + lens[i];
+    uint8_t *bytes = malloc(len);
+    if (!bytes || (h->n_replies == h->cap_replies && host_grow_replies(h) < 0)) {
+        log_error("out of memory packing a reply");
+        abort();
+    }
+    size_t at = cqrs__reply__pack(r, bytes);
+    for (size_t i = 0; i < n; i++) {
+        bytes[at++] = (5 << 3) | 2;   /* field 5, length-delimited */
+        at += host_varint(bytes + at, lens[i]);
+        memcpy(bytes + at, recs[i], lens[i]);
+        at += lens[i];
+    }
     h->replies[h->n_replies++] = (struct host_reply){ tag, id, s, bytes, len };
 }
 
@@ -414,6 +456,19 @@ static void host_reply_events(struct host *h, uint64_t tag, uint64_t id, struct 
         }
     }
     size_t n = last >= first ? (size_t)(last - first + 1) : 0;
+    if (!cap_size && n && n <= HOST_RAW_EVENTS) {
+        /* a command's own events, still in the batch: their bytes as they are */
+        const uint8_t *recs[HOST_RAW_EVENTS];
+        size_t lens[HOST_RAW_EVENTS], k = 0;
+        while (k < n && stream_pending_record(s, first + k, &recs[k], &lens[k]) == 0)
+            k++;
+        if (k == n && pbwire_varint_field(recs[n - 1], lens[n - 1], 7, &r.position) > 0) {
+            host_queue_records(h, tag, id, s, &r, recs, lens, n);
+            host_touch(h, s);
+            return;
+        }
+        r.position = 0;
+    }
     Cqrs__EventRecord *one, **evs = n == 1 ? &one : n ? calloc(n, sizeof *evs) : NULL;
     if (n && !evs) {
         host_fail(h, tag, id, CQRS__STATUS__INTERNAL, "out of memory reading events");
@@ -693,16 +748,6 @@ void host_stats(const struct host *h, Cqrs__WorkerStats *out)
     out->checkpoint = st.checkpoint;
     out->aggregates = h->n_loaded;
     out->open_files = (uint32_t)h->n_open;
-}
-
-static size_t host_varint(uint8_t *p, uint64_t v)
-{
-    size_t n = 0;
-    do {
-        p[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-        v >>= 7;
-    } while (v);
-    return n;
 }
 
 /* Publishes the batch just committed (or, with no records, the position

@@ -487,6 +487,17 @@ static int stream_locate(struct stream *s, uint64_t version, off_t *off, size_t 
     }
 }
 
+int stream_pending_record(const struct stream *s, uint64_t version, const uint8_t **p,
+                          size_t *len)
+{
+    if (version <= s->durable || version > s->version || version <= s->rec_base || !s->pending)
+        return -1;
+    const struct stream_rec *r = &s->recs[version - 1 - s->rec_base];
+    *p = s->pending->data + (size_t)(r->offset - stream_base(s)) + EVLOG_HEADER_LEN;
+    *len = r->size - EVLOG_HEADER_LEN;
+    return 0;
+}
+
 int stream_read(struct stream *s, uint64_t version, ProtobufCAllocator *alloc,
                 Cqrs__EventRecord **out)
 {

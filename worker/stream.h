@@ -118,6 +118,10 @@ int stream_commit(struct stream *s, const char *path, int *created);
  * when the record is in its file. */
 int stream_read(struct stream *s, uint64_t version, ProtobufCAllocator *alloc,
                 Cqrs__EventRecord **out);
+/* The encoded EventRecord of `version` while it is still pending (appended
+ * in this batch, not yet written): 0 with *p and *len, or -1. */
+int stream_pending_record(const struct stream *s, uint64_t version, const uint8_t **p,
+                          size_t *len);
 
 /* Closes the log file and frees what keeps it, remembering only its size:
  * most loaded streams wait, their files closed (open_files), and cost
