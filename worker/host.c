@@ -42,6 +42,7 @@ struct host {
     unsigned snapshot_every;
     unsigned open_files, max_aggregates, idle_timeout_s;
     size_t n_loaded;            /* streams in memory (in_lru) */
+    int64_t batch_s;            /* monotonic seconds when the batch began (0: between batches) */
     size_t lru_hand;            /* the eviction clock: a slot of `streams` */
     struct stream **open;       /* streams whose log file is open (open_slot: their index) */
     size_t n_open, open_hand;   /* open_files + 1 places; the clock closing them */
@@ -124,7 +125,7 @@ static void host_touch(struct host *h, struct stream *s)
         h->n_loaded++;
     }
     s->used = 1;
-    s->last_used_s = (uint32_t)host_mono_s();
+    s->last_used_s = (uint32_t)(h->batch_s ? h->batch_s : host_mono_s());   /* one read a batch */
     if (s->log) {
         s->used_open = 1;
         if (!s->in_open)
@@ -689,6 +690,8 @@ static void host_verify(struct host *h, uint64_t tag, uint64_t id, const char *s
 
 void host_request(struct host *h, uint64_t tag, const uint8_t *body, size_t len)
 {
+    if (!h->batch_s)
+        h->batch_s = host_mono_s();
     _Alignas(16) uint8_t mem[4096];   /* the request and its payload are decoded here */
     struct pbarena arena;
     pbarena_init(&arena, mem, sizeof mem);
@@ -894,4 +897,5 @@ void host_commit(struct host *h, struct evbuffer *out)
     }
     h->n_drops = 0;
     host_enforce_limits(h);
+    h->batch_s = 0;
 }
