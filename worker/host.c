@@ -31,8 +31,7 @@ struct host_reply {
     uint64_t tag;
     uint64_t id;                /* the client's request id */
     struct stream *stream;      /* its outcome depends on this stream's commit */
-    uint8_t *bytes;             /* packed cqrs.Reply */
-    size_t len;
+    size_t off, len;            /* packed cqrs.Reply: h->rbuf[off .. off + len) */
 };
 
 struct host {
@@ -53,6 +52,8 @@ struct host {
     struct stream **drops;      /* streams that may be dropped after the batch */
     size_t n_drops, cap_drops;
     struct host_reply *replies;
+    uint8_t *rbuf;              /* the batch's packed replies, one after another */
+    size_t rbuf_len, rbuf_cap;
     size_t n_replies, cap_replies;
 };
 
@@ -253,9 +254,8 @@ void host_free(struct host *h)
     idtable_free(&h->streams);
     if (h->idle_timer)
         event_free(h->idle_timer);
-    for (size_t i = 0; i < h->n_replies; i++)
-        free(h->replies[i].bytes);
     free(h->replies);
+    free(h->rbuf);
     free(h->dirty);
     free(h->drops);
     free(h->open);
@@ -289,21 +289,37 @@ static int host_grow_replies(struct host *h)
     return 0;
 }
 
+/* Room for a reply of `len` bytes at the end of the batch's replies (valid
+ * until the next call). Out of memory, the batch cannot be answered as
+ * decided: the worker dies and is restarted. */
+static uint8_t *host_reply_room(struct host *h, uint64_t tag, uint64_t id, struct stream *s,
+                                size_t len)
+{
+    if (h->n_replies == h->cap_replies && host_grow_replies(h) < 0)
+        goto oom;
+    if (len > h->rbuf_cap - h->rbuf_len) {
+        size_t ncap = h->rbuf_cap ? h->rbuf_cap : 64 << 10;
+        while (ncap - h->rbuf_len < len)
+            ncap *= 2;
+        uint8_t *n = realloc(h->rbuf, ncap);
+        if (!n)
+            goto oom;
+        h->rbuf = n;
+        h->rbuf_cap = ncap;
+    }
+    h->replies[h->n_replies++] = (struct host_reply){ tag, id, s, h->rbuf_len, len };
+    h->rbuf_len += len;
+    return h->rbuf + h->rbuf_len - len;
+oom:
+    log_error("out of memory queueing a reply");
+    abort();
+}
+
 static void host_queue(struct host *h, uint64_t tag, uint64_t id, struct stream *s, Cqrs__Reply *r)
 {
     r->id = id;
-    if (h->n_replies == h->cap_replies && host_grow_replies(h) < 0) {
-        log_error("out of memory queueing a reply");
-        abort();
-    }
     size_t len = cqrs__reply__get_packed_size(r);
-    uint8_t *bytes = malloc(len ? len : 1);
-    if (!bytes) {
-        log_error("out of memory packing a reply");
-        abort();
-    }
-    cqrs__reply__pack(r, bytes);
-    h->replies[h->n_replies++] = (struct host_reply){ tag, id, s, bytes, len };
+    cqrs__reply__pack(r, host_reply_room(h, tag, id, s, len));
 }
 
 static size_t host_varint(uint8_t *p, uint64_t v)
@@ -327,11 +343,7 @@ static void host_queue_records(struct host *h, uint64_t tag, uint64_t id, struct
     size_t len = cqrs__reply__get_packed_size(r);
     for (size_t i = 0; i < n; i++)
         len += 1 + host_varint(hdr, lens[i]) + lens[i];
-    uint8_t *bytes = malloc(len);
-    if (!bytes || (h->n_replies == h->cap_replies && host_grow_replies(h) < 0)) {
-        log_error("out of memory packing a reply");
-        abort();
-    }
+    uint8_t *bytes = host_reply_room(h, tag, id, s, len);
     size_t at = cqrs__reply__pack(r, bytes);
     for (size_t i = 0; i < n; i++) {
         bytes[at++] = (5 << 3) | 2;   /* field 5, length-delimited */
@@ -339,7 +351,6 @@ static void host_queue_records(struct host *h, uint64_t tag, uint64_t id, struct
         memcpy(bytes + at, recs[i], lens[i]);
         at += lens[i];
     }
-    h->replies[h->n_replies++] = (struct host_reply){ tag, id, s, bytes, len };
 }
 
 __attribute__((format(printf, 5, 6)))
@@ -866,8 +877,10 @@ void host_commit(struct host *h, struct evbuffer *out)
 
     for (size_t i = 0; i < h->n_replies; i++) {
         struct host_reply *r = &h->replies[i];
+        const uint8_t *bytes = h->rbuf + r->off;
+        size_t len = r->len;
+        uint8_t failed[400];
         if (r->stream && r->stream->batch_failed) {
-            free(r->bytes);
             char msg[300];
             snprintf(msg, sizeof msg, "could not write the journal (%s); nothing was appended",
                      why);
@@ -875,19 +888,21 @@ void host_commit(struct host *h, struct evbuffer *out)
             rep.id = r->id;
             rep.status = CQRS__STATUS__INTERNAL;
             rep.error = msg;
-            r->len = cqrs__reply__get_packed_size(&rep);
-            r->bytes = malloc(r->len ? r->len : 1);
-            if (!r->bytes)
-                abort();
-            cqrs__reply__pack(&rep, r->bytes);
+            len = cqrs__reply__pack(&rep, failed);   /* at most 300 + 2 + 2 x 11 bytes */
+            bytes = failed;
         }
-        if (frame_put_bytes(out, &r->tag, r->bytes, r->len) < 0) {
+        if (frame_put_bytes(out, &r->tag, bytes, len) < 0) {
             log_error("out of memory sending replies");
             abort();
         }
-        free(r->bytes);
     }
     h->n_replies = 0;
+    h->rbuf_len = 0;
+    if (h->rbuf_cap > (4u << 20)) {   /* a batch of huge replies: not kept for the next */
+        free(h->rbuf);
+        h->rbuf = NULL;
+        h->rbuf_cap = 0;
+    }
 
     for (size_t i = 0; i < h->n_drops; i++) {
         struct stream *s = h->drops[i];
