@@ -91,19 +91,62 @@ int cqrs_client_fd(const struct cqrs_client *c)
     return c->fd;
 }
 
-int cqrs_client_send(struct cqrs_client *c, Cqrs__Request *req, uint64_t *id_out)
+int cqrs_client_queue(struct cqrs_client *c, Cqrs__Request *req, uint64_t *id_out)
 {
     req->id = c->next_id++;
     if (id_out)
         *id_out = req->id;
-    if (frame_put(c->out, NULL, &req->base) < 0)
-        return -1;
-    return frame_flush(c->out, c->fd);
+    return frame_put(c->out, NULL, &req->base) < 0 ? -1 : 0;
 }
 
-/* Reads the next reply off the socket. */
+int cqrs_client_flush(struct cqrs_client *c)
+{
+    return evbuffer_get_length(c->out) ? frame_flush(c->out, c->fd) : 0;
+}
+
+int cqrs_client_send(struct cqrs_client *c, Cqrs__Request *req, uint64_t *id_out)
+{
+    if (cqrs_client_queue(c, req, id_out) < 0)
+        return -1;
+    return cqrs_client_flush(c);
+}
+
+/* Decodes the frame f of c->in into *out and consumes it. */
+static int client_take(struct cqrs_client *c, struct frame *f, Cqrs__Reply **out)
+{
+    *out = cqrs__reply__unpack(NULL, f->len, f->body);
+    frame_consume(c->in, f);
+    if (!*out) {
+        errno = EPROTO;
+        return -1;
+    }
+    return 0;
+}
+
+static Cqrs__Reply *client_unpark(struct cqrs_client *c, struct parked *p);
+
+int cqrs_client_recv_ready(struct cqrs_client *c, Cqrs__Reply **out)
+{
+    if (c->parked) {
+        *out = client_unpark(c, c->parked);
+        return 1;
+    }
+    struct frame f;
+    enum frame_status st = frame_next(c->in, CLIENT_MAX_REPLY, &f);
+    if (st == FRAME_TOO_BIG) {
+        errno = EPROTO;
+        return -1;
+    }
+    if (st != FRAME_OK)
+        return 0;
+    return client_take(c, &f, out) < 0 ? -1 : 1;
+}
+
+/* Reads the next reply off the socket (writing what is queued first). */
 static int client_read_one(struct cqrs_client *c, Cqrs__Reply **out)
 {
+    if (cqrs_client_flush(c) < 0)
+        return -1;
     struct frame f;
     for (;;) {
         enum frame_status st = frame_next(c->in, CLIENT_MAX_REPLY, &f);
@@ -121,13 +164,7 @@ static int client_read_one(struct cqrs_client *c, Cqrs__Reply **out)
             return -1;
         }
     }
-    *out = cqrs__reply__unpack(NULL, f.len, f.body);
-    frame_consume(c->in, &f);
-    if (!*out) {
-        errno = EPROTO;
-        return -1;
-    }
-    return 0;
+    return client_take(c, &f, out);
 }
 
 /* The oldest reply parked in p; p is freed once empty. */

@@ -4,7 +4,8 @@
  *
  * One struct cqrs_client is one connection to the daemon's Unix socket.
  * Requests may be pipelined: cqrs_client_send assigns each a fresh id and
- * writes it at once; cqrs_client_recv returns the reply for one id, keeping
+ * writes it at once (cqrs_client_queue keeps it for one write with those
+ * after it: the next send, flush or receive); cqrs_client_recv returns the reply for one id, keeping
  * replies that arrive for other ids until they are asked for (all of them,
  * in arrival order per id). Replies are protobuf-c messages (free with
  * cqrs__reply__free_unpacked(r, NULL)).
@@ -40,6 +41,15 @@ int cqrs_client_send(struct cqrs_client *c, Cqrs__Request *req, uint64_t *id_out
 int cqrs_client_recv(struct cqrs_client *c, uint64_t id, Cqrs__Reply **out);
 /* Waits for the next reply, whatever its id (for pipelined clients). */
 int cqrs_client_recv_any(struct cqrs_client *c, Cqrs__Reply **out);
+/* Like cqrs_client_send, without writing yet: requests queued together go
+ * out in one write, at the next send, flush or receive. */
+int cqrs_client_queue(struct cqrs_client *c, Cqrs__Request *req, uint64_t *id_out);
+/* Writes the queued requests. */
+int cqrs_client_flush(struct cqrs_client *c);
+/* The next reply if one has already arrived (1, *out set), else 0 at once
+ * (nothing is read from the socket, nothing written), or -1. A pipelined
+ * client takes every reply that is there before it queues more. */
+int cqrs_client_recv_ready(struct cqrs_client *c, Cqrs__Reply **out);
 /* send + recv. */
 int cqrs_client_call(struct cqrs_client *c, Cqrs__Request *req, Cqrs__Reply **out);
 

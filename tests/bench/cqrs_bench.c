@@ -545,7 +545,7 @@ static void *bench_conn(void *p)
                                        : wallet_pick(&seed, l->aggregates);
             snprintf(id, sizeof id, "%s%u", l->prefix, n);
             uint64_t rid;
-            if (cqrs_client_send(c, &req, &rid) < 0) {
+            if (cqrs_client_queue(c, &req, &rid) < 0) {
                 w->error = errno;
                 goto out;
             }
@@ -556,22 +556,32 @@ static void *bench_conn(void *p)
         }
         if (w->done == issued)
             break;   /* nothing more to send, nothing in flight */
+        /* what was queued goes out in one write; then every reply already
+         * there is taken before the window is filled again */
         Cqrs__Reply *r;
-        if (cqrs_client_recv_any(c, &r) < 0) {
+        if (cqrs_client_flush(c) < 0 || cqrs_client_recv_any(c, &r) < 0) {
             w->error = errno;
             goto out;
         }
-        double lat = (now_s() - sent[r->id % l->depth]) * 1e6;
-        if (w->lat_us)
-            w->lat_us[w->done] = lat;
-        w->done++;
-        atomic_fetch_add(&l->done, 1);
-        if (r->status != CQRS__STATUS__OK)
-            w->failed++;
-        unsigned long long pos = r->position, head = atomic_load(&l->head);
-        while (pos > head && !atomic_compare_exchange_weak(&l->head, &head, pos))
-            ;
-        cqrs__reply__free_unpacked(r, NULL);
+        int got = 1;
+        while (got > 0) {
+            double lat = (now_s() - sent[r->id % l->depth]) * 1e6;
+            if (w->lat_us)
+                w->lat_us[w->done] = lat;
+            w->done++;
+            atomic_fetch_add(&l->done, 1);
+            if (r->status != CQRS__STATUS__OK)
+                w->failed++;
+            unsigned long long pos = r->position, head = atomic_load(&l->head);
+            while (pos > head && !atomic_compare_exchange_weak(&l->head, &head, pos))
+                ;
+            cqrs__reply__free_unpacked(r, NULL);
+            got = w->done == issued ? 0 : cqrs_client_recv_ready(c, &r);
+        }
+        if (got < 0) {
+            w->error = errno;
+            goto out;
+        }
     }
 out:
     free(sent);

@@ -9,6 +9,7 @@
  * WalletToppedUp records chain (from of n = to of n-1).
  *
  * Threads report failures in their struct; only the main thread asserts.
+ * Requests queued on one connection go out at the flush, in one write.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -422,4 +423,64 @@ Test(pipeline, half_closed_connection_still_gets_its_replies)
                  got, HALF_CLOSE_REQUESTS, strerror(e), (unsigned long long)applied);
     cr_assert_eq(applied, HALF_CLOSE_REQUESTS);
     finish();
+}
+
+/* --- queued requests ------------------------------------------------------ */
+
+/* cqrs_client_queue keeps requests for one write: none reaches cqrsd before
+ * the flush (no reply is ready however long we wait), then all are answered
+ * once, in order; cqrs_client_recv_ready hands over the replies already
+ * there without blocking, and a receive writes what is queued by itself. */
+Test(pipeline, queued_requests_go_out_at_the_flush_and_replies_are_taken_as_ready)
+{
+    struct cqrs_client *c = daemon_connect(&d);
+    recv_timeout(c, 10);
+    uint8_t payload[16];
+    Wallet__TopUp t = WALLET__TOP_UP__INIT;
+    t.amount = 1;
+    size_t plen = wallet__top_up__pack(&t, payload);
+    Cqrs__Request req = CQRS__REQUEST__INIT;
+    Cqrs__Command cmd = CQRS__COMMAND__INIT;
+    req.body_case = CQRS__REQUEST__BODY_COMMAND;
+    req.command = &cmd;
+    cmd.aggregate_type = "wallet";
+    cmd.aggregate_id = "queued";
+    cmd.name = "TopUp";
+    cmd.payload.data = payload;
+    cmd.payload.len = plen;
+
+    enum { N = 200 };
+    uint64_t first = 0, id;
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(cqrs_client_queue(c, &req, &id), 0, "queue: %s", strerror(errno));
+        if (i == 0)
+            first = id;
+        cr_assert_eq(id, first + (uint64_t)i, "ids are not consecutive");
+    }
+    harness_sleep_ms(300);
+    Cqrs__Reply *r;
+    cr_assert_eq(cqrs_client_recv_ready(c, &r), 0, "a reply before the queued requests were sent");
+
+    cr_assert_eq(cqrs_client_flush(c), 0, "flush: %s", strerror(errno));
+    uint64_t got = 0;
+    while (got < N) {
+        int k = cqrs_client_recv_ready(c, &r);
+        cr_assert_geq(k, 0, "recv_ready: %s", strerror(errno));
+        if (k == 0)
+            cr_assert_eq(cqrs_client_recv_any(c, &r), 0, "recv_any: %s", strerror(errno));
+        cr_assert_eq(r->status, CQRS__STATUS__OK, "%s", r->error);
+        cr_assert_eq(r->id, first + got, "reply %llu out of order", (unsigned long long)r->id);
+        cr_assert_eq(r->version, got + 1);
+        cqrs__reply__free_unpacked(r, NULL);
+        got++;
+    }
+    cr_assert_eq(cqrs_client_recv_ready(c, &r), 0, "a reply more than the requests");
+
+    /* queued, not flushed: the receive itself writes it */
+    cr_assert_eq(cqrs_client_queue(c, &req, &id), 0);
+    cr_assert_eq(cqrs_client_recv(c, id, &r), 0, "recv of a queued request: %s", strerror(errno));
+    cr_assert_eq(r->version, N + 1);
+    cqrs__reply__free_unpacked(r, NULL);
+    check_wallet(c, "queued", N + 1, N + 1);
+    cqrs_client_free(c);
 }
