@@ -31,24 +31,13 @@ TestSuite(snapshot_load, .fini = teardown, .timeout = 240);
 
 static void topups(struct cqrs_client *c, const char *id, long n)
 {
-    uint8_t payload[16];
-    Wallet__TopUp t = WALLET__TOP_UP__INIT;
-    t.amount = 1;
-    size_t plen = wallet__top_up__pack(&t, payload);
-    Cqrs__Request req = CQRS__REQUEST__INIT;
-    Cqrs__Command cmd = CQRS__COMMAND__INIT;
-    req.body_case = CQRS__REQUEST__BODY_COMMAND;
-    req.command = &cmd;
-    cmd.aggregate_type = "wallet";
-    cmd.aggregate_id = (char *)id;
-    cmd.name = "TopUp";
-    cmd.payload.data = payload;
-    cmd.payload.len = plen;
+    struct topup_request tr;
+    topup_request_init(&tr, id, 1);
     long sent = 0, got = 0;
     while (got < n) {
         while (sent < n && sent - got < DEPTH) {
             uint64_t rid;
-            cr_assert_eq(cqrs_client_send(c, &req, &rid), 0);
+            cr_assert_eq(cqrs_client_send(c, &tr.req, &rid), 0);
             sent++;
         }
         Cqrs__Reply *r;

@@ -498,6 +498,21 @@ int run_cqrsctl(const struct daemon *d, char **out, char **err, ...)
     return 128 + WTERMSIG(status);
 }
 
+void topup_request_init(struct topup_request *tr, const char *id, int64_t amount)
+{
+    Wallet__TopUp t = WALLET__TOP_UP__INIT;
+    t.amount = amount;
+    cqrs__request__init(&tr->req);
+    cqrs__command__init(&tr->cmd);
+    tr->req.body_case = CQRS__REQUEST__BODY_COMMAND;
+    tr->req.command = &tr->cmd;
+    tr->cmd.aggregate_type = "wallet";
+    tr->cmd.aggregate_id = (char *)id;
+    tr->cmd.name = "TopUp";
+    tr->cmd.payload.data = tr->payload;
+    tr->cmd.payload.len = wallet__top_up__pack(&t, tr->payload);
+}
+
 Cqrs__Reply *send_cmd(struct cqrs_client *c, const char *type, const char *id,
                       const ProtobufCMessage *msg, const char *command_id,
                       long long expected_version)

@@ -41,6 +41,16 @@ int daemon_connect_raw(const struct daemon *d);
  * exit code. */
 int run_cqrsctl(const struct daemon *d, char **out, char **err, ...);
 
+/* A wallet TopUp(amount) request to `id` for the pipelined calls
+ * (cqrs_client_send, _queue): the id is pointed to, not copied, so a
+ * caller may change it between sends. */
+struct topup_request {
+    Cqrs__Request req;
+    Cqrs__Command cmd;
+    uint8_t payload[16];
+};
+void topup_request_init(struct topup_request *tr, const char *id, int64_t amount);
+
 /* Sends a command with the payload built from `msg` (packed here). */
 Cqrs__Reply *send_cmd(struct cqrs_client *c, const char *type, const char *id,
                       const ProtobufCMessage *msg, const char *command_id,

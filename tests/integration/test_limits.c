@@ -105,27 +105,16 @@ Test(limits, hundred_thousand_streams_within_open_files_and_max_aggregates)
     cqrs_client_set_retries(c, 0);
 
     /* one TopUp of 1 to each of 100,000 wallets, DEPTH in flight */
-    uint8_t payload[16];
-    Wallet__TopUp t = WALLET__TOP_UP__INIT;
-    t.amount = 1;
-    size_t plen = wallet__top_up__pack(&t, payload);
     char id[32];
-    Cqrs__Request req = CQRS__REQUEST__INIT;
-    Cqrs__Command cmd = CQRS__COMMAND__INIT;
-    req.body_case = CQRS__REQUEST__BODY_COMMAND;
-    req.command = &cmd;
-    cmd.aggregate_type = "wallet";
-    cmd.aggregate_id = id;
-    cmd.name = "TopUp";
-    cmd.payload.data = payload;
-    cmd.payload.len = plen;
+    struct topup_request tr;
+    topup_request_init(&tr, id, 1);
     long sent = 0, got = 0;
     int max_open = 0;
     while (got < STREAMS) {
         while (sent < STREAMS && sent - got < DEPTH) {
             snprintf(id, sizeof id, "w%ld", sent++);
             uint64_t rid;
-            cr_assert_eq(cqrs_client_send(c, &req, &rid), 0);
+            cr_assert_eq(cqrs_client_send(c, &tr.req, &rid), 0);
         }
         Cqrs__Reply *r;
         cr_assert_eq(cqrs_client_recv_any(c, &r), 0);

@@ -435,24 +435,14 @@ Test(pipeline, queued_requests_go_out_at_the_flush_and_replies_are_taken_as_read
 {
     struct cqrs_client *c = daemon_connect(&d);
     recv_timeout(c, 10);
-    uint8_t payload[16];
-    Wallet__TopUp t = WALLET__TOP_UP__INIT;
-    t.amount = 1;
-    size_t plen = wallet__top_up__pack(&t, payload);
-    Cqrs__Request req = CQRS__REQUEST__INIT;
-    Cqrs__Command cmd = CQRS__COMMAND__INIT;
-    req.body_case = CQRS__REQUEST__BODY_COMMAND;
-    req.command = &cmd;
-    cmd.aggregate_type = "wallet";
-    cmd.aggregate_id = "queued";
-    cmd.name = "TopUp";
-    cmd.payload.data = payload;
-    cmd.payload.len = plen;
+    struct topup_request tr;
+    topup_request_init(&tr, "queued", 1);
+    Cqrs__Request *req = &tr.req;
 
     enum { N = 200 };
     uint64_t first = 0, id;
     for (int i = 0; i < N; i++) {
-        cr_assert_eq(cqrs_client_queue(c, &req, &id), 0, "queue: %s", strerror(errno));
+        cr_assert_eq(cqrs_client_queue(c, req, &id), 0, "queue: %s", strerror(errno));
         if (i == 0)
             first = id;
         cr_assert_eq(id, first + (uint64_t)i, "ids are not consecutive");
@@ -477,7 +467,7 @@ Test(pipeline, queued_requests_go_out_at_the_flush_and_replies_are_taken_as_read
     cr_assert_eq(cqrs_client_recv_ready(c, &r), 0, "a reply more than the requests");
 
     /* queued, not flushed: the receive itself writes it */
-    cr_assert_eq(cqrs_client_queue(c, &req, &id), 0);
+    cr_assert_eq(cqrs_client_queue(c, req, &id), 0);
     cr_assert_eq(cqrs_client_recv(c, id, &r), 0, "recv of a queued request: %s", strerror(errno));
     cr_assert_eq(r->version, N + 1);
     cqrs__reply__free_unpacked(r, NULL);
