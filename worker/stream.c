@@ -25,9 +25,14 @@ static off_t stream_base(const struct stream *s)
 
 static int stream_push_rec(struct stream *s, off_t offset, size_t size)
 {
+    if (offset < 0 || (uint64_t)offset > STREAM_REC_MAX_OFFSET || size < EVLOG_HEADER_LEN ||
+        size - EVLOG_HEADER_LEN > STREAM_REC_MAX_PAYLOAD) {
+        errno = EFBIG;
+        return -1;
+    }
     if (s->version - s->rec_base + 1 > s->recs_cap) {
         size_t ncap = s->recs_cap ? (size_t)s->recs_cap * 2 : 1;   /* most streams are short */
-        if (ncap > UINT32_MAX) {   /* 64 GB of index: the walk reads the rest */
+        if (ncap > UINT32_MAX) {   /* 32 GB of index */
             errno = EFBIG;
             return -1;
         }
@@ -39,7 +44,8 @@ static int stream_push_rec(struct stream *s, off_t offset, size_t size)
         s->recs = n;
         s->recs_cap = (uint32_t)ncap;
     }
-    s->recs[s->version - s->rec_base] = (struct stream_rec){ offset, (uint32_t)size };
+    s->recs[s->version - s->rec_base] =
+        (struct stream_rec){ (uint64_t)offset << 24 | (uint64_t)(size - EVLOG_HEADER_LEN) };
     s->version++;
     return 0;
 }
@@ -455,9 +461,9 @@ int stream_commit(struct stream *s, const char *path, int *created)
 static int stream_locate(struct stream *s, uint64_t version, off_t *off, size_t *size)
 {
     if (version > s->rec_base) {
-        const struct stream_rec *r = &s->recs[version - 1 - s->rec_base];
-        *off = r->offset;
-        *size = r->size;
+        struct stream_rec r = s->recs[version - 1 - s->rec_base];
+        *off = stream_rec_offset(r);
+        *size = stream_rec_size(r);
         return 0;
     }
     if (!s->walk && !(s->walk = calloc(1, sizeof *s->walk))) {
@@ -492,9 +498,9 @@ int stream_pending_record(const struct stream *s, uint64_t version, const uint8_
 {
     if (version <= s->durable || version > s->version || version <= s->rec_base || !s->pending)
         return -1;
-    const struct stream_rec *r = &s->recs[version - 1 - s->rec_base];
-    *p = s->pending->data + (size_t)(r->offset - stream_base(s)) + EVLOG_HEADER_LEN;
-    *len = r->size - EVLOG_HEADER_LEN;
+    struct stream_rec r = s->recs[version - 1 - s->rec_base];
+    *p = s->pending->data + (size_t)(stream_rec_offset(r) - stream_base(s)) + EVLOG_HEADER_LEN;
+    *len = stream_rec_size(r) - EVLOG_HEADER_LEN;
     return 0;
 }
 
