@@ -25,8 +25,8 @@ static off_t stream_base(const struct stream *s)
 
 static int stream_push_rec(struct stream *s, off_t offset, size_t size)
 {
-    if (offset < 0 || (uint64_t)offset > STREAM_REC_MAX_OFFSET || size < EVLOG_HEADER_LEN ||
-        size - EVLOG_HEADER_LEN > STREAM_REC_MAX_PAYLOAD) {
+    if (offset < 0 || (uint64_t)offset > STREAM_REC_MAX_OFFSET || size <= EVLOG_HEADER_LEN ||
+        size - EVLOG_HEADER_LEN > EVLOG_MAX_RECORD) {
         errno = EFBIG;
         return -1;
     }
@@ -45,7 +45,7 @@ static int stream_push_rec(struct stream *s, off_t offset, size_t size)
         s->recs_cap = (uint32_t)ncap;
     }
     s->recs[s->version - s->rec_base] =
-        (struct stream_rec){ (uint64_t)offset << 24 | (uint64_t)(size - EVLOG_HEADER_LEN) };
+        (struct stream_rec){ (uint64_t)offset << 24 | (uint64_t)(size - EVLOG_HEADER_LEN - 1) };
     s->version++;
     return 0;
 }

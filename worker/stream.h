@@ -22,13 +22,12 @@
 #define STREAM_CMD_WINDOW 1000   /* command ids remembered per stream */
 
 /* Where a record lies in the log, in 8 bytes: its offset (40 bits: logs
- * up to 1 TB) and its payload's length (24 bits: up to 16 MB - 1, far
- * beyond what a request frame can carry). */
+ * up to 1 TB) and its payload's length less one (24 bits: 1 to 16 MB, as
+ * EVLOG_MAX_RECORD allows). */
 struct stream_rec {
     uint64_t at;
 };
 #define STREAM_REC_MAX_OFFSET ((1ull << 40) - 1)
-#define STREAM_REC_MAX_PAYLOAD ((1u << 24) - 1)
 
 static inline off_t stream_rec_offset(struct stream_rec r)
 {
@@ -38,7 +37,7 @@ static inline off_t stream_rec_offset(struct stream_rec r)
 /* The whole record's size, header included. */
 static inline size_t stream_rec_size(struct stream_rec r)
 {
-    return (size_t)(r.at & STREAM_REC_MAX_PAYLOAD) + EVLOG_HEADER_LEN;
+    return (size_t)(r.at & ((1u << 24) - 1)) + 1 + EVLOG_HEADER_LEN;
 }
 
 struct stream_buf {
