@@ -160,17 +160,6 @@ struct conn {
     char err[512];
 };
 
-__attribute__((format(printf, 2, 3)))
-static void conn_fail(struct conn *k, const char *fmt, ...)
-{
-    if (k->err[0])
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(k->err, sizeof k->err, fmt, ap);
-    va_end(ap);
-}
-
 static void conn_command_id(const struct conn *k, long i, char *buf, size_t len)
 {
     snprintf(buf, len, "r%d-c%d-%ld", k->round, k->index, i);
@@ -208,14 +197,14 @@ static int conn_retry(struct conn *k, long i)
         k->retries++;
         if (cqrs_client_command(k->c, "wallet", LOAD_WALLET, "TopUp", payload, len, cid, -1,
                                 &r) < 0) {
-            conn_fail(k, "retry of %s: no reply: %s", cid, strerror(errno));
+            harness_fail_once(k->err, sizeof k->err, "retry of %s: no reply: %s", cid, strerror(errno));
             return -1;
         }
         Cqrs__Status st = r->status;
         if (st == CQRS__STATUS__OK) {
             if (r->n_events != 1 || r->events[0]->version != r->version ||
                 strcmp(r->events[0]->command_id, cid) != 0) {
-                conn_fail(k, "retry of %s: OK with %zu events, not its one event", cid,
+                harness_fail_once(k->err, sizeof k->err, "retry of %s: OK with %zu events, not its one event", cid,
                           r->n_events);
                 cqrs__reply__free_unpacked(r, NULL);
                 return -1;
@@ -227,14 +216,14 @@ static int conn_retry(struct conn *k, long i)
             return 0;
         }
         if (st != CQRS__STATUS__UNAVAILABLE && st != CQRS__STATUS__BUSY) {
-            conn_fail(k, "retry of %s: %s (%s)", cid, cqrs_status_name(st), r->error);
+            harness_fail_once(k->err, sizeof k->err, "retry of %s: %s (%s)", cid, cqrs_status_name(st), r->error);
             cqrs__reply__free_unpacked(r, NULL);
             return -1;
         }
         cqrs__reply__free_unpacked(r, NULL);
         harness_sleep_ms(20);
     }
-    conn_fail(k, "retry of %s: still not OK after 200 attempts", cid);
+    harness_fail_once(k->err, sizeof k->err, "retry of %s: still not OK after 200 attempts", cid);
     return -1;
 }
 
@@ -244,13 +233,13 @@ static int conn_take(struct conn *k, long *todo, long *n_todo)
 {
     Cqrs__Reply *r = NULL;
     if (cqrs_client_recv_any(k->c, &r) < 0) {
-        conn_fail(k, "recv: %s", strerror(errno));
+        harness_fail_once(k->err, sizeof k->err, "recv: %s", strerror(errno));
         return -1;
     }
     atomic_fetch_add(&k->load->replies, 1);
     long i = r->id < k->n_slots ? k->slot_of_id[r->id] : -1;
     if (i < 0) {
-        conn_fail(k, "a reply for request id %llu, never sent", (unsigned long long)r->id);
+        harness_fail_once(k->err, sizeof k->err, "a reply for request id %llu, never sent", (unsigned long long)r->id);
         cqrs__reply__free_unpacked(r, NULL);
         return -1;
     }
@@ -261,7 +250,7 @@ static int conn_take(struct conn *k, long *todo, long *n_todo)
         conn_command_id(k, i, cid, sizeof cid);
         if (r->n_events != 1 || r->events[0]->version != r->version ||
             strcmp(r->events[0]->command_id, cid) != 0) {
-            conn_fail(k, "%s: OK with %zu events, not its one event", cid, r->n_events);
+            harness_fail_once(k->err, sizeof k->err, "%s: OK with %zu events, not its one event", cid, r->n_events);
             rc = -1;
         } else {
             k->version[i] = r->version;
@@ -281,7 +270,7 @@ static int conn_take(struct conn *k, long *todo, long *n_todo)
         todo[(*n_todo)++] = i;
         atomic_store(&k->load->paused, 1);
     } else {
-        conn_fail(k, "request %ld: %s (%s)", i, cqrs_status_name(r->status), r->error);
+        harness_fail_once(k->err, sizeof k->err, "request %ld: %s (%s)", i, cqrs_status_name(r->status), r->error);
         rc = -1;
     }
     cqrs__reply__free_unpacked(r, NULL);
@@ -330,7 +319,7 @@ static void *conn_run(void *arg)
     char cid[64];
     struct topup_req q;
     if (!todo) {
-        conn_fail(k, "out of memory");
+        harness_fail_once(k->err, sizeof k->err, "out of memory");
         goto out;
     }
     while (sent < PER_CONN || outstanding > 0 || n_todo > 0) {
@@ -344,11 +333,11 @@ static void *conn_run(void *arg)
             topup_req_init(&q, LOAD_WALLET, 1, cid);
             uint64_t id;
             if (cqrs_client_send(k->c, &q.req, &id) < 0) {
-                conn_fail(k, "send of command %ld: %s", sent, strerror(errno));
+                harness_fail_once(k->err, sizeof k->err, "send of command %ld: %s", sent, strerror(errno));
                 goto out;
             }
             if (conn_map(k, id, sent) < 0) {
-                conn_fail(k, "out of memory");
+                harness_fail_once(k->err, sizeof k->err, "out of memory");
                 goto out;
             }
             sent++;

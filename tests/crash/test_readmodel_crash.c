@@ -58,10 +58,6 @@ TestSuite(readmodel_crash, .fini = teardown, .timeout = 180);
 
 #define OK CQRS__STATUS__OK
 
-#define check_status(r, st, what)                                                      \
-    cr_assert_eq((r)->status, (st), "%s: expected %s, got %s (%s)", (what),            \
-                 cqrs_status_name(st), cqrs_status_name((r)->status), (r)->error)
-
 static void finish(void)
 {
     int st = daemon_stop(&d);
@@ -220,17 +216,6 @@ struct loader {
     char err[512];
 };
 
-__attribute__((format(printf, 2, 3)))
-static void loader_fail(struct loader *l, const char *fmt, ...)
-{
-    if (l->err[0])
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(l->err, sizeof l->err, fmt, ap);
-    va_end(ap);
-}
-
 static void wallet_name(int i, char *buf, size_t len)
 {
     snprintf(buf, len, "w%03d", i);
@@ -242,14 +227,14 @@ static Cqrs__Reply *loader_send(struct loader *l, const char *id, const Protobuf
     size_t len = protobuf_c_message_get_packed_size(m);
     uint8_t buf[256];
     if (len > sizeof buf) {
-        loader_fail(l, "a command of %zu bytes", len);
+        harness_fail_once(l->err, sizeof l->err, "a command of %zu bytes", len);
         return NULL;
     }
     protobuf_c_message_pack(m, buf);
     Cqrs__Reply *r = NULL;
     if (cqrs_client_command(l->c, "wallet", id, m->descriptor->short_name, buf, len, NULL, -1,
                             &r) < 0) {
-        loader_fail(l, "%s %s: no reply: %s", m->descriptor->short_name, id, strerror(errno));
+        harness_fail_once(l->err, sizeof l->err, "%s %s: no reply: %s", m->descriptor->short_name, id, strerror(errno));
         return NULL;
     }
     if (r->status == OK) {
@@ -257,7 +242,7 @@ static Cqrs__Reply *loader_send(struct loader *l, const char *id, const Protobuf
         if (r->position > l->max_position)
             l->max_position = r->position;
         if (r->n_events && r->position == 0)
-            loader_fail(l, "%s %s: OK with %zu events and no position",
+            harness_fail_once(l->err, sizeof l->err, "%s %s: OK with %zu events and no position",
                         m->descriptor->short_name, id, r->n_events);
     } else if (r->status == CQRS__STATUS__REJECTED) {
         l->rejected++;
@@ -522,17 +507,6 @@ struct subscriber {
     char err[512];
 };
 
-__attribute__((format(printf, 2, 3)))
-static void sub_fail(struct subscriber *s, const char *fmt, ...)
-{
-    if (s->err[0])
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(s->err, sizeof s->err, fmt, ap);
-    va_end(ap);
-}
-
 static int sub_done(struct subscriber *s)
 {
     uint64_t t = atomic_load(&s->target);
@@ -545,13 +519,13 @@ static void *subscriber_main(void *arg)
     int64_t deadline = harness_ms() + 150000;
     while (!sub_done(s) && !s->err[0]) {
         if (harness_ms() > deadline) {
-            sub_fail(s, "not done by the deadline: at position %llu of %llu",
+            harness_fail_once(s->err, sizeof s->err, "not done by the deadline: at position %llu of %llu",
                      (unsigned long long)s->last, (unsigned long long)atomic_load(&s->target));
             break;
         }
         uint64_t id, from = s->last + 1;
         if (cqrs_client_subscribe_start(s->c, "wallet", from, &id) < 0) {
-            sub_fail(s, "SUBSCRIBE from %llu: %s", (unsigned long long)from, strerror(errno));
+            harness_fail_once(s->err, sizeof s->err, "SUBSCRIBE from %llu: %s", (unsigned long long)from, strerror(errno));
             break;
         }
         s->subscriptions++;
@@ -564,14 +538,14 @@ static void *subscriber_main(void *arg)
                         break;
                     continue;
                 }
-                sub_fail(s, "recv: %s", strerror(errno));
+                harness_fail_once(s->err, sizeof s->err, "recv: %s", strerror(errno));
                 break;
             }
             s->replies++;
             for (size_t i = 0; i < r->n_events; i++) {
                 const Cqrs__EventRecord *e = r->events[i];
                 if (e->position != expect) {
-                    sub_fail(s, "subscription from %llu: position %llu where %llu was due",
+                    harness_fail_once(s->err, sizeof s->err, "subscription from %llu: position %llu where %llu was due",
                              (unsigned long long)from, (unsigned long long)e->position,
                              (unsigned long long)expect);
                     break;
@@ -582,12 +556,12 @@ static void *subscriber_main(void *arg)
                     continue;
                 }
                 if (e->position != s->last + 1) {
-                    sub_fail(s, "position %llu after %llu: a gap", (unsigned long long)e->position,
+                    harness_fail_once(s->err, sizeof s->err, "position %llu after %llu: a gap", (unsigned long long)e->position,
                              (unsigned long long)s->last);
                     break;
                 }
                 if (e->position > SUB_MAX) {
-                    sub_fail(s, "position %llu: more events than commands",
+                    harness_fail_once(s->err, sizeof s->err, "position %llu: more events than commands",
                              (unsigned long long)e->position);
                     break;
                 }
@@ -605,7 +579,7 @@ static void *subscriber_main(void *arg)
                 else
                     s->ended_other++;
                 if (st != CQRS__STATUS__UNAVAILABLE && st != CQRS__STATUS__BUSY)
-                    sub_fail(s, "a subscription ended with %s", cqrs_status_name(st));
+                    harness_fail_once(s->err, sizeof s->err, "a subscription ended with %s", cqrs_status_name(st));
                 break;
             }
             if (sub_done(s))

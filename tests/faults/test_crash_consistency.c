@@ -123,17 +123,6 @@ struct scan {
 
 static struct scan *the_scan;
 
-__attribute__((format(printf, 2, 3)))
-static void scan_fail(struct scan *s, const char *fmt, ...)
-{
-    if (s->err[0])
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(s->err, sizeof s->err, fmt, ap);
-    va_end(ap);
-}
-
 static int scan_record(void *arg, const Cqrs__EventRecord *rec, off_t offset, size_t size)
 {
     (void)offset; (void)size;
@@ -146,30 +135,30 @@ static int scan_record(void *arg, const Cqrs__EventRecord *rec, off_t offset, si
     char tail;
     if (sscanf(rec->command_id, "cc-t%d-%ld%c", &t, &n, &tail) != 2 || t < 0 || t >= CLIENTS ||
         n < 0 || n >= s->sent[t]) {
-        scan_fail(s, "%s: version %llu is of command \"%s\", which the test never sent", id,
+        harness_fail_once(s->err, sizeof s->err, "%s: version %llu is of command \"%s\", which the test never sent", id,
                   (unsigned long long)rec->version, rec->command_id);
         return 1;
     }
     if (s->wallet_of[t][n] != s->wallet) {
         char other[16];
         wallet_id(s->wallet_of[t][n], other, sizeof other);
-        scan_fail(s, "%s: version %llu is of command %s, which was sent to %s", id,
+        harness_fail_once(s->err, sizeof s->err, "%s: version %llu is of command %s, which was sent to %s", id,
                   (unsigned long long)rec->version, rec->command_id, other);
         return 1;
     }
     if (s->cmd_seen[t][n]++) {
-        scan_fail(s, "%s: command %s applied twice (again at version %llu)", id, rec->command_id,
+        harness_fail_once(s->err, sizeof s->err, "%s: command %s applied twice (again at version %llu)", id, rec->command_id,
                   (unsigned long long)rec->version);
         return 1;
     }
     if (rec->position == 0 || rec->position > s->total) {
-        scan_fail(s, "%s: version %llu has position %llu, outside 1..%llu (the number of "
+        harness_fail_once(s->err, sizeof s->err, "%s: version %llu has position %llu, outside 1..%llu (the number of "
                   "events)", id, (unsigned long long)rec->version,
                   (unsigned long long)rec->position, (unsigned long long)s->total);
         return 1;
     }
     if (s->position_seen[rec->position]++) {
-        scan_fail(s, "%s: version %llu has position %llu, which another event already has", id,
+        harness_fail_once(s->err, sizeof s->err, "%s: version %llu has position %llu, which another event already has", id,
                   (unsigned long long)rec->version, (unsigned long long)rec->position);
         return 1;
     }
@@ -188,7 +177,7 @@ static int scan_file(const char *path, const struct stat *sb, int flag, struct F
     int w;
     char tail;
     if (sscanf(name, "cc%d.lo%c", &w, &tail) != 2 || w < 0 || w >= WALLETS) {
-        scan_fail(s, "a log file the test never wrote to: %s", path);
+        harness_fail_once(s->err, sizeof s->err, "a log file the test never wrote to: %s", path);
         return 1;
     }
     s->wallet = w;
@@ -200,14 +189,14 @@ static int scan_file(const char *path, const struct stat *sb, int flag, struct F
     if (s->err[0])
         return 1;
     if (rc != 0) {
-        scan_fail(s, "%s: evlog_open %d (%s) %s: versions not 1..N contiguous, or damaged", path,
+        harness_fail_once(s->err, sizeof s->err, "%s: evlog_open %d (%s) %s: versions not 1..N contiguous, or damaged", path,
                   rc, rc == -1 ? strerror(errno) : "", info.detail);
         return 1;
     }
     evlog_free(log);
     uint64_t n = s->records - before;
     if (info.truncated_bytes || n != s->expected[w]) {
-        scan_fail(s, "%s holds versions 1..%llu (%lld torn bytes), but %llu distinct commands "
+        harness_fail_once(s->err, sizeof s->err, "%s holds versions 1..%llu (%lld torn bytes), but %llu distinct commands "
                   "were sent to that wallet", path, (unsigned long long)n,
                   (long long)info.truncated_bytes, (unsigned long long)s->expected[w]);
         return 1;
@@ -232,17 +221,6 @@ struct client {
     long unavailable, internal, other_retries, reconnects;
     char err[512];
 };
-
-__attribute__((format(printf, 2, 3)))
-static void client_fail(struct client *k, const char *fmt, ...)
-{
-    if (k->err[0])
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(k->err, sizeof k->err, fmt, ap);
-    va_end(ap);
-}
 
 static void command_id(int client, long n, char *buf, size_t len)
 {
@@ -284,7 +262,7 @@ static enum outcome client_send(struct client *k, struct cqrs_client **c, long n
             int good = r->n_events == 1 && r->events[0]->version == r->version &&
                        strcmp(r->events[0]->command_id, cid) == 0;
             if (!good)
-                client_fail(k, "%s to %s: OK with %zu events, not its one event", cid, wid,
+                harness_fail_once(k->err, sizeof k->err, "%s to %s: OK with %zu events, not its one event", cid, wid,
                             r->n_events);
             cqrs__reply__free_unpacked(r, NULL);
             return good ? CMD_OK : CMD_FAILED;
@@ -301,14 +279,14 @@ static enum outcome client_send(struct client *k, struct cqrs_client **c, long n
         else if (st == CQRS__STATUS__BUSY)
             k->other_retries++;
         else {
-            client_fail(k, "%s to %s: %s (%s)", cid, wid, cqrs_status_name(st), r->error);
+            harness_fail_once(k->err, sizeof k->err, "%s to %s: %s (%s)", cid, wid, cqrs_status_name(st), r->error);
             cqrs__reply__free_unpacked(r, NULL);
             return CMD_FAILED;
         }
         cqrs__reply__free_unpacked(r, NULL);
         harness_sleep_ms(5 + rand_r(&k->seed) % 16);
     }
-    client_fail(k, "%s to %s: still not OK after %d attempts", cid, wid, RETRY_ATTEMPTS);
+    harness_fail_once(k->err, sizeof k->err, "%s to %s: still not OK after %d attempts", cid, wid, RETRY_ATTEMPTS);
     return CMD_FAILED;
 }
 

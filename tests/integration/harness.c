@@ -498,6 +498,16 @@ int run_cqrsctl(const struct daemon *d, char **out, char **err, ...)
     return 128 + WTERMSIG(status);
 }
 
+void harness_fail_once(char *err, size_t len, const char *fmt, ...)
+{
+    if (err[0])
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, len, fmt, ap);
+    va_end(ap);
+}
+
 void topup_request_init(struct topup_request *tr, const char *id, int64_t amount)
 {
     Wallet__TopUp t = WALLET__TOP_UP__INIT;

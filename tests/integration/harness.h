@@ -41,6 +41,16 @@ int daemon_connect_raw(const struct daemon *d);
  * exit code. */
 int run_cqrsctl(const struct daemon *d, char **out, char **err, ...);
 
+/* Asserts (criterion) that reply r has status st; `what` names the call. */
+#define check_status(r, st, what)                                                      \
+    cr_assert_eq((r)->status, (st), "%s: expected %s, got %s (%s)", (what),            \
+                 cqrs_status_name(st), cqrs_status_name((r)->status), (r)->error)
+
+/* Keeps the first failure of a thread in err (later ones are its
+ * consequences): only the main thread asserts. */
+void harness_fail_once(char *err, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* A wallet TopUp(amount) request to `id` for the pipelined calls
  * (cqrs_client_send, _queue): the id is pointed to, not copied, so a
  * caller may change it between sends. */

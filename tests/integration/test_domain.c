@@ -46,10 +46,6 @@ TestSuite(domain, .init = setup, .fini = teardown, .timeout = 60);
 #define CONFLICT CQRS__STATUS__CONFLICT
 #define NOT_FOUND CQRS__STATUS__NOT_FOUND
 
-#define check_status(r, st, what)                                                      \
-    cr_assert_eq((r)->status, (st), "%s: expected %s, got %s (%s)", (what),            \
-                 cqrs_status_name(st), cqrs_status_name((r)->status), (r)->error)
-
 /* A refusal: the status, a sentence saying why, and no events. */
 #define check_refused(r, st, what)                                                     \
     do {                                                                               \

@@ -74,63 +74,52 @@ struct conn {
     char err[512];
 };
 
-__attribute__((format(printf, 2, 3)))
-static void conn_fail(struct conn *k, const char *fmt, ...)
-{
-    if (k->err[0])
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(k->err, sizeof k->err, fmt, ap);
-    va_end(ap);
-}
-
 /* Checks one reply; returns the request's index or -1. */
 static long conn_check(struct conn *k, const Cqrs__Reply *r, uint64_t *last_id)
 {
     if (r->id < k->first_id || r->id >= k->first_id + PER_CONN) {
-        conn_fail(k, "a reply for id %llu, never sent on this connection",
+        harness_fail_once(k->err, sizeof k->err, "a reply for id %llu, never sent on this connection",
                   (unsigned long long)r->id);
         return -1;
     }
     long i = (long)(r->id - k->first_id);
     if (k->answered[i]) {
-        conn_fail(k, "request id %llu answered twice", (unsigned long long)r->id);
+        harness_fail_once(k->err, sizeof k->err, "request id %llu answered twice", (unsigned long long)r->id);
         return -1;
     }
     k->answered[i] = 1;
     if (r->id <= *last_id) {
-        conn_fail(k, "reply for id %llu came after the one for id %llu: not in request order",
+        harness_fail_once(k->err, sizeof k->err, "reply for id %llu came after the one for id %llu: not in request order",
                   (unsigned long long)r->id, (unsigned long long)*last_id);
         return -1;
     }
     *last_id = r->id;
     if (r->status != CQRS__STATUS__OK) {
-        conn_fail(k, "request id %llu: %s (%s)", (unsigned long long)r->id,
+        harness_fail_once(k->err, sizeof k->err, "request id %llu: %s (%s)", (unsigned long long)r->id,
                   cqrs_status_name(r->status), r->error);
         return -1;
     }
     if (r->n_events != 1 || strcmp(r->events[0]->type, "WalletToppedUp") != 0) {
-        conn_fail(k, "request id %llu: %zu events, expected one WalletToppedUp",
+        harness_fail_once(k->err, sizeof k->err, "request id %llu: %zu events, expected one WalletToppedUp",
                   (unsigned long long)r->id, r->n_events);
         return -1;
     }
     const Cqrs__EventRecord *e = r->events[0];
     if (e->version != r->version) {
-        conn_fail(k, "request id %llu: event version %llu, reply version %llu",
+        harness_fail_once(k->err, sizeof k->err, "request id %llu: event version %llu, reply version %llu",
                   (unsigned long long)r->id, (unsigned long long)e->version,
                   (unsigned long long)r->version);
         return -1;
     }
     Wallet__WalletToppedUp *t = wallet__wallet_topped_up__unpack(NULL, e->data.len, e->data.data);
     if (!t) {
-        conn_fail(k, "request id %llu: WalletToppedUp does not decode", (unsigned long long)r->id);
+        harness_fail_once(k->err, sizeof k->err, "request id %llu: WalletToppedUp does not decode", (unsigned long long)r->id);
         return -1;
     }
     /* every command adds 1, so the balance after version v is v */
     int good = t->to == t->from + 1 && (uint64_t)t->to == e->version;
     if (!good)
-        conn_fail(k, "request id %llu: version %llu went from %lld to %lld",
+        harness_fail_once(k->err, sizeof k->err, "request id %llu: version %llu went from %lld to %lld",
                   (unsigned long long)r->id, (unsigned long long)e->version,
                   (long long)t->from, (long long)t->to);
     wallet__wallet_topped_up__free_unpacked(t, NULL);
@@ -159,13 +148,13 @@ static void *conn_run(void *arg)
     for (long i = 0; i < PER_CONN; i++) {
         uint64_t id;
         if (cqrs_client_send(k->c, &req, &id) < 0) {
-            conn_fail(k, "send of request %ld: %s", i, strerror(errno));
+            harness_fail_once(k->err, sizeof k->err, "send of request %ld: %s", i, strerror(errno));
             return NULL;
         }
         if (i == 0)
             k->first_id = id;
         else if (id != k->first_id + (uint64_t)i) {
-            conn_fail(k, "the client library gave id %llu to request %ld",
+            harness_fail_once(k->err, sizeof k->err, "the client library gave id %llu to request %ld",
                       (unsigned long long)id, i);
             return NULL;
         }
@@ -174,7 +163,7 @@ static void *conn_run(void *arg)
     for (long n = 0; n < PER_CONN; n++) {
         Cqrs__Reply *r = NULL;
         if (cqrs_client_recv_any(k->c, &r) < 0) {
-            conn_fail(k, "after %ld of %d replies: %s", n, PER_CONN, strerror(errno));
+            harness_fail_once(k->err, sizeof k->err, "after %ld of %d replies: %s", n, PER_CONN, strerror(errno));
             return NULL;
         }
         long i = conn_check(k, r, &last_id);

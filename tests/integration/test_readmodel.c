@@ -60,10 +60,6 @@ TestSuite(readmodel, .init = setup, .fini = teardown, .timeout = 90);
 #define NOT_FOUND CQRS__STATUS__NOT_FOUND
 #define UNAVAILABLE CQRS__STATUS__UNAVAILABLE
 
-#define check_status(r, st, what)                                                      \
-    cr_assert_eq((r)->status, (st), "%s: expected %s, got %s (%s)", (what),            \
-                 cqrs_status_name(st), cqrs_status_name((r)->status), (r)->error)
-
 static void finish(void)
 {
     cqrs_client_free(c);

@@ -95,10 +95,6 @@ TestSuite(systemd, .fini = teardown, .timeout = 120);
 #define OK CQRS__STATUS__OK
 #define INVALID CQRS__STATUS__INVALID
 
-#define check_status(r, st, what)                                                      \
-    cr_assert_eq((r)->status, (st), "%s: expected %s, got %s (%s)", (what),            \
-                 cqrs_status_name(st), cqrs_status_name((r)->status), (r)->error)
-
 /* ---- the notification socket ---------------------------------------------- */
 
 /* Binds <dir>/notify.sock; returns the "NOTIFY_SOCKET=..." string (static). */
