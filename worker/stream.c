@@ -26,7 +26,7 @@ static off_t stream_base(const struct stream *s)
 static int stream_push_rec(struct stream *s, off_t offset, size_t size)
 {
     if (offset < 0 || (uint64_t)offset > STREAM_REC_MAX_OFFSET || size <= EVLOG_HEADER_LEN ||
-        size - EVLOG_HEADER_LEN > EVLOG_MAX_RECORD) {
+        size - EVLOG_HEADER_LEN > EVLOG_MAX_RECORD) {   /* what stream_rec_make holds */
         errno = EFBIG;
         return -1;
     }
@@ -44,8 +44,7 @@ static int stream_push_rec(struct stream *s, off_t offset, size_t size)
         s->recs = n;
         s->recs_cap = (uint32_t)ncap;
     }
-    s->recs[s->version - s->rec_base] =
-        (struct stream_rec){ (uint64_t)offset << 24 | (uint64_t)(size - EVLOG_HEADER_LEN - 1) };
+    s->recs[s->version - s->rec_base] = stream_rec_make(offset, size);
     s->version++;
     return 0;
 }
@@ -507,23 +506,23 @@ int stream_pending_record(const struct stream *s, uint64_t version, const uint8_
 int stream_read(struct stream *s, uint64_t version, ProtobufCAllocator *alloc,
                 Cqrs__EventRecord **out)
 {
-    off_t off;
-    size_t size;
     if (version == 0 || version > s->version) {
         errno = EINVAL;
         return -1;
     }
-    if (version <= s->durable && !s->log) {
-        errno = EBADF;   /* detached: stream_attach first */
-        return -1;
+    const uint8_t *p;
+    size_t len;
+    if (stream_pending_record(s, version, &p, &len) < 0) {   /* in the file */
+        off_t off;
+        if (!s->log) {
+            errno = EBADF;   /* detached: stream_attach first */
+            return -1;
+        }
+        if (stream_locate(s, version, &off, &len) < 0)
+            return -1;
+        return evlog_read(s->log, off, len, alloc, out);
     }
-    if (stream_locate(s, version, &off, &size) < 0)
-        return -1;
-    if (version <= s->durable)
-        return evlog_read(s->log, off, size, alloc, out);
-    size_t at = (size_t)(off - stream_base(s)) + EVLOG_HEADER_LEN;
-    *out = cqrs__event_record__unpack(alloc, size - EVLOG_HEADER_LEN, s->pending->data + at);
-    if (!*out) {
+    if (!(*out = cqrs__event_record__unpack(alloc, len, p))) {
         errno = EIO;
         return -1;
     }

@@ -29,6 +29,12 @@ struct stream_rec {
 };
 #define STREAM_REC_MAX_OFFSET ((1ull << 40) - 1)
 
+/* `size`: the whole record's, header included (checked by the caller). */
+static inline struct stream_rec stream_rec_make(off_t offset, size_t size)
+{
+    return (struct stream_rec){ (uint64_t)offset << 24 | (uint64_t)(size - EVLOG_HEADER_LEN - 1) };
+}
+
 static inline off_t stream_rec_offset(struct stream_rec r)
 {
     return (off_t)(r.at >> 24);
