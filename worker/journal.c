@@ -129,17 +129,6 @@ static int journal_scan_record(void *arg, const Cqrs__EventRecord *rec, off_t of
     return 0;
 }
 
-/* The current segment is given its whole size ahead of the appends: a
- * sync then writes data only, not a new file size and new blocks each time
- * (about 1.4 times as many syncs per second here). Best effort: without it
- * (no space, a filesystem without fallocate) the journal works as before. */
-static void journal_prepare(struct journal *j, struct evlog *log)
-{
-    if (evlog_preallocate(log, j->segment_bytes) < 0) {
-        /* appends grow the file instead */
-    }
-}
-
 /* Creates the segment for events from position `first` and makes it current. */
 static int journal_new_segment(struct journal *j, uint64_t first)
 {
@@ -165,10 +154,14 @@ static int journal_new_segment(struct journal *j, uint64_t first)
         errno = ENOMEM;
         return -1;
     }
-    journal_prepare(j, log);
-    if (j->cur && evlog_trim(j->cur) < 0) {
-        /* the full segment keeps its zeros: read as the end of its records */
-    }
+    /* The segment is given its whole size ahead of the appends: a sync then
+     * writes data only, not a new file size and new blocks each time (about
+     * 1.4 times as many syncs per second here). Best effort: without it (no
+     * space, no fallocate) appends grow the file as before. The full one is
+     * cut back to its records (or keeps its zeros, read as its end). */
+    (void)evlog_preallocate(log, j->segment_bytes);
+    if (j->cur)
+        (void)evlog_trim(j->cur);
     evlog_free(j->cur);
     j->cur = log;
     j->roll = 0;
@@ -268,7 +261,7 @@ int journal_open(const char *dir, off_t segment_bytes, struct journal **out,
         info->truncated_bytes += oi.truncated_bytes;
         j->segs[i].size = evlog_size(log);
         if (last) {
-            journal_prepare(j, log);
+            (void)evlog_preallocate(log, j->segment_bytes);   /* as a new one is */
             j->cur = log;
         } else
             evlog_free(log);
