@@ -2,10 +2,13 @@
 #include "flush.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 
 #include <event2/buffer.h>
 #include <utlist.h>
+
+#include "frame.h"
 
 struct flush_out {
     struct flusher *f;
@@ -92,6 +95,21 @@ static void flush_one(struct flush_out *o)
         bufferevent_disable(bev, EV_WRITE);
     if (wrote)
         bufferevent_trigger(bev, EV_WRITE, 0);
+}
+
+int flusher_finish(struct flush_out *o)
+{
+    struct evbuffer *out = bufferevent_get_output(o->bev);
+    if (evbuffer_get_length(out) == 0)
+        return 0;
+    int fd = bufferevent_getfd(o->bev);
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0)
+        return -1;
+    evbuffer_unfreeze(out, 1);
+    int rc = frame_flush(out, fd);
+    evbuffer_freeze(out, 1);
+    return rc;
 }
 
 void flusher_run(struct flusher *f)

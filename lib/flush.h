@@ -29,6 +29,9 @@ void flusher_unwatch(struct flush_out *o);
 
 /* Writes every output that grew since the last call. */
 void flusher_run(struct flusher *f);
+/* At exit, once the loop is over: writes what is left of o's output,
+ * waiting for the socket (made blocking). 0 (nothing left), or -1. */
+int flusher_finish(struct flush_out *o);
 
 /* event_base_dispatch, with flusher_run after each turn of the loop: 0 when
  * the loop was told to exit or had no events left, -1 on error. */

@@ -182,14 +182,8 @@ int main(int argc, char **argv)
     flusher_loop(pr.flusher, pr.base);
 
     /* what is still buffered (final replies) goes out before we leave */
-    struct evbuffer *out = bufferevent_get_output(pr.bev);
-    if (evbuffer_get_length(out) > 0) {
-        int flags = fcntl(fd, F_GETFL);
-        fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-        evbuffer_unfreeze(out, 1);
-        if (frame_flush(out, fd) < 0)
-            log_error("cannot send the last replies: %s", strerror(errno));
-    }
+    if (flusher_finish(pr.flush) < 0)
+        log_error("cannot send the last replies: %s", strerror(errno));
     projector_free(pr.pj);
     event_free(sigterm);
     event_free(sigint);

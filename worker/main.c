@@ -319,16 +319,8 @@ int main(int argc, char **argv)
     flusher_loop(w.flusher, w.base);
 
     /* Replies of the last batch still buffered go out before we leave. */
-    struct evbuffer *out = bufferevent_get_output(w.bev);
-    if (evbuffer_get_length(out) > 0) {
-        int flags = fcntl(fd, F_GETFL);
-        fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-        evbuffer_unfreeze(out, 1);   /* libevent freezes its start between callbacks */
-        if (frame_flush(out, fd) < 0)
-            log_error("cannot send the last replies: %s", strerror(errno));
-        else
-            log_debug("last replies sent");
-    }
+    if (flusher_finish(w.flush) < 0)
+        log_error("cannot send the last replies: %s", strerror(errno));
     event_free(sigterm);
     event_free(sigint);
     flusher_unwatch(w.flush);

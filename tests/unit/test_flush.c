@@ -11,6 +11,8 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -856,4 +858,56 @@ Test(flush, write_to_a_closed_peer_inside_the_loop_is_reported)
     cr_assert(fa.what & BEV_EVENT_WRITING, "what = 0x%x", fa.what);
     cr_assert(fa.what & (BEV_EVENT_ERROR | BEV_EVENT_EOF), "what = 0x%x", fa.what);
     bev_close(fa.bev, o);
+}
+
+/* --- 8. at exit --------------------------------------------------------- */
+
+struct drain {
+    int fd;
+    uint8_t *got;
+    size_t n;
+};
+
+static void *drain_run(void *arg)
+{
+    struct drain *dr = arg;
+    int flags = fcntl(dr->fd, F_GETFL);
+    fcntl(dr->fd, F_SETFL, flags & ~O_NONBLOCK);
+    ssize_t r;
+    while (dr->n < BIG && (r = read(dr->fd, dr->got + dr->n, BIG - dr->n)) > 0)
+        dr->n += (size_t)r;
+    return NULL;
+}
+
+/* What the socket did not take when the loop ended goes out, whole and in
+ * order, waiting for the peer: the last replies of a stopping worker. */
+Test(flush, finish_writes_what_is_left_waiting_for_the_peer)
+{
+    int sv[2];
+    pair_open(sv);
+    small_sndbuf(sv[0]);
+    struct flush_out *o;
+    struct bufferevent *bev = bev_watched(sv[0], &o);
+    uint8_t *data = big_data();
+    out_add(bev, data, BIG);
+    free(data);
+    flusher_run(FL);
+    cr_assert_gt(out_len(bev), 0, "the socket took all %zu bytes at once: the test proves nothing",
+                 BIG);
+
+    struct drain dr = { .fd = sv[1], .got = malloc(BIG) };
+    cr_assert_not_null(dr.got);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, drain_run, &dr), 0);
+    cr_assert_eq(flusher_finish(o), 0, "flusher_finish: %s", strerror(errno));
+    cr_assert_eq(out_len(bev), 0);
+    pthread_join(t, NULL);
+    cr_assert_eq(dr.n, BIG, "the peer got %zu of %zu bytes", dr.n, BIG);
+    for (size_t i = 0; i < BIG; i++)
+        if (dr.got[i] != pattern_at(i))
+            cr_assert_fail("byte %zu is 0x%02x, want 0x%02x", i, dr.got[i], pattern_at(i));
+    cr_assert_eq(flusher_finish(o), 0, "nothing left: still 0");
+    free(dr.got);
+    bev_close(bev, o);
+    close(sv[1]);
 }
