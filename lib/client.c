@@ -322,19 +322,29 @@ int cqrs_client_command(struct cqrs_client *c, const char *type, const char *id,
     }
 }
 
+/* req carrying q, a query of `kind` about aggregate type `type`; the
+ * caller sets the rest of q. */
+static void client_query_init(Cqrs__Request *req, Cqrs__Query *q, const char *type,
+                              Cqrs__Query__Kind kind)
+{
+    cqrs__request__init(req);
+    cqrs__query__init(q);
+    q->aggregate_type = (char *)type;
+    q->kind = kind;
+    req->body_case = CQRS__REQUEST__BODY_QUERY;
+    req->query = q;
+}
+
 static int client_query(struct cqrs_client *c, const char *type, const char *id,
                         Cqrs__Query__Kind kind, uint64_t from, uint32_t max,
                         Cqrs__Reply **out)
 {
-    Cqrs__Request req = CQRS__REQUEST__INIT;
-    Cqrs__Query q = CQRS__QUERY__INIT;
-    q.aggregate_type = (char *)type;
+    Cqrs__Request req;
+    Cqrs__Query q;
+    client_query_init(&req, &q, type, kind);
     q.aggregate_id = (char *)id;
-    q.kind = kind;
     q.from_version = from;
     q.max_count = max;
-    req.body_case = CQRS__REQUEST__BODY_QUERY;
-    req.query = &q;
     return cqrs_client_call(c, &req, out);
 }
 
@@ -354,45 +364,36 @@ int cqrs_client_read_model(struct cqrs_client *c, const char *type, const char *
                            const uint8_t *payload, size_t len, uint64_t min_position,
                            int latest, uint32_t timeout_ms, Cqrs__Reply **out)
 {
-    Cqrs__Request req = CQRS__REQUEST__INIT;
-    Cqrs__Query q = CQRS__QUERY__INIT;
-    q.aggregate_type = (char *)type;
-    q.kind = CQRS__QUERY__KIND__READ_MODEL;
+    Cqrs__Request req;
+    Cqrs__Query q;
+    client_query_init(&req, &q, type, CQRS__QUERY__KIND__READ_MODEL);
     q.name = (char *)name;
     q.payload.data = (uint8_t *)payload;
     q.payload.len = len;
     q.min_position = min_position;
     q.latest = latest != 0;
     q.timeout_ms = timeout_ms;
-    req.body_case = CQRS__REQUEST__BODY_QUERY;
-    req.query = &q;
     return cqrs_client_call(c, &req, out);
 }
 
 int cqrs_client_all_events(struct cqrs_client *c, const char *type, uint64_t from_position,
                            uint32_t max_count, Cqrs__Reply **out)
 {
-    Cqrs__Request req = CQRS__REQUEST__INIT;
-    Cqrs__Query q = CQRS__QUERY__INIT;
-    q.aggregate_type = (char *)type;
-    q.kind = CQRS__QUERY__KIND__ALL_EVENTS;
+    Cqrs__Request req;
+    Cqrs__Query q;
+    client_query_init(&req, &q, type, CQRS__QUERY__KIND__ALL_EVENTS);
     q.from_position = from_position;
     q.max_count = max_count;
-    req.body_case = CQRS__REQUEST__BODY_QUERY;
-    req.query = &q;
     return cqrs_client_call(c, &req, out);
 }
 
 int cqrs_client_subscribe_start(struct cqrs_client *c, const char *type,
                                 uint64_t from_position, uint64_t *id_out)
 {
-    Cqrs__Request req = CQRS__REQUEST__INIT;
-    Cqrs__Query q = CQRS__QUERY__INIT;
-    q.aggregate_type = (char *)type;
-    q.kind = CQRS__QUERY__KIND__SUBSCRIBE;
+    Cqrs__Request req;
+    Cqrs__Query q;
+    client_query_init(&req, &q, type, CQRS__QUERY__KIND__SUBSCRIBE);
     q.from_position = from_position;
-    req.body_case = CQRS__REQUEST__BODY_QUERY;
-    req.query = &q;
     return cqrs_client_send(c, &req, id_out);
 }
 
